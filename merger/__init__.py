@@ -1,0 +1,1 @@
+"""Streaming safetensors merge engine, and the Celery app and tasks that run it."""

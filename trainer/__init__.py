@@ -1,0 +1,1 @@
+"""megatron-core GPT trainer: WSO pre-training, decay branches, SFT, evaluation and export."""

@@ -1,0 +1,73 @@
+"""The ``wsm`` command: a thin dispatcher over subcommands that live beside the code they drive.
+
+Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
+``func`` to a callable taking the parsed namespace and returning an exit code. Modules are
+imported lazily by name so that ``wsm weights`` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from wsm import __version__
+
+# subcommand -> module providing register(); kept in one place so `wsm --help` lists them all.
+SUBCOMMANDS: dict[str, str] = {
+    "weights": "wsm.commands.weights",
+}
+
+
+class UsageError(Exception):
+    """A user mistake a command reports as one line, exit code 2, without a traceback."""
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, import just that subcommand's module (fast start-up)."""
+    parser = argparse.ArgumentParser(
+        prog="wsm",
+        description="Annealing for never-decaying pre-training: merge checkpoints into decay-equivalent models.",
+    )
+    parser.add_argument("--version", action="version", version=f"wsm {__version__}")
+    parser.add_argument("--log-level", default=None, help="logging level (default: WSM_LOG_LEVEL or INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=f"see `wsm {name} --help`", add_help=False)
+            continue
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wsm`` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in args_list if a in SUBCOMMANDS), None)
+    parser = build_parser(only=chosen)
+    args = parser.parse_args(args_list)
+    from wsm.logs import setup_logging
+    from wsm.settings import get_settings
+
+    setup_logging(args.log_level or get_settings().log_level)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"wsm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        # Input validation errors from the core libraries are user-facing by design.
+        logging.getLogger("wsm").debug("validation error", exc_info=True)
+        print(f"wsm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

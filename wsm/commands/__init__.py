@@ -1,0 +1,1 @@
+"""Subcommands of ``wsm`` that belong to no single package (``weights``, ``up``)."""
