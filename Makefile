@@ -21,7 +21,7 @@ up: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check theory
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test: lint

@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     s3_secret_access_key: str | None = None
     """S3 secret key; unset falls back to the usual ``AWS_*`` credential chain."""
 
+    store_block_size: int = 32 * 1024 * 1024
+    """Part size (bytes) of streaming uploads to the store (S3 multipart parts; at least 5 MiB)."""
+
+    retention_max_window_tokens: int | None = None
+    """Opt-in checkpoint retention: keep every checkpoint a merge window up to this many tokens could need."""
+
+    retention_sparse_interval_tokens: int | None = None
+    """Retention: of older checkpoints keep one per this many tokens (unset: delete them all)."""
+
     log_level: str = "INFO"
     """Logging level of every wsm process."""
 

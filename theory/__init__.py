@@ -1,0 +1,36 @@
+"""The math of wsm in pure numpy: decay curves, Theorem 3.1 both ways, sizes, windows, selection.
+
+Nothing here knows about torch, storage, Celery or HTTP.
+"""
+
+from theory.curves import ALIASES, CURVE_NAMES, CurveSpec, canonical_curve_name
+from theory.errors import TheoryError
+from theory.lr_curve import LRCurve, effective_lr_curve, target_lr_curve
+from theory.selection import Selection, select_checkpoints, weights_for_grid
+from theory.sizes import format_tokens, parse_tokens
+from theory.theorem import (
+    decay_from_merge_weights,
+    merge_weights_from_decay,
+    validate_decay,
+    validate_merge_weights,
+)
+
+__all__ = [
+    "ALIASES",
+    "CURVE_NAMES",
+    "CurveSpec",
+    "LRCurve",
+    "Selection",
+    "TheoryError",
+    "canonical_curve_name",
+    "decay_from_merge_weights",
+    "effective_lr_curve",
+    "format_tokens",
+    "merge_weights_from_decay",
+    "parse_tokens",
+    "select_checkpoints",
+    "target_lr_curve",
+    "validate_decay",
+    "validate_merge_weights",
+    "weights_for_grid",
+]
