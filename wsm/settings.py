@@ -7,6 +7,7 @@ the same thing everywhere. docker-compose and ``.env.example`` only set variable
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,58 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     """Logging level of every wsm process."""
+
+    # -- anneal service: broker, workers, jobs (merger/celery_app.py, merger/tasks.py) --------
+    broker_url: str | None = None
+    """Celery broker: ``redis://host:6379/0`` in production; unset = embedded SQLite broker in ``state_dir``."""
+
+    result_backend: str | None = None
+    """Celery result backend (chords only); unset = the Redis broker itself, or SQLite in ``state_dir``."""
+
+    state_dir: str = "./wsm-state"
+    """Local directory of the embedded broker database, job locks and (by default) merge scratch space."""
+
+    broker_visibility_timeout_s: int = 24 * 3600
+    """Redis: seconds before an unacknowledged job is redelivered; must exceed the longest job."""
+
+    merge_split_bytes: int = 16 * 2**30
+    """A merge reading more input bytes than this is split by tensors into parts run by several workers."""
+
+    merge_parts: int = 4
+    """Number of parts a split merge is cut into (each part writes one output shard or more)."""
+
+    merge_scratch_dir: str | None = None
+    """Directory shared by all merge workers where parts of a split merge write shards (default: state_dir/scratch)."""
+
+    merge_throttle_s: float = 0.0
+    """Test only: sleep this long at every merge progress report, to make a merge slow enough to interrupt."""
+
+    job_heartbeat_s: float = 5.0
+    """How often a running job writes its progress and heartbeat to its record (and renews its lock)."""
+
+    job_stale_after_s: float = 120.0
+    """A queued/running job whose heartbeat is older than this is presumed lost and re-enqueued by workers."""
+
+    recovery_interval_s: float = 60.0
+    """How often each worker sweeps job records for lost jobs (also once at start)."""
+
+    eval_config: dict[str, Any] | None = None
+    """JSON object of ``trainer.evaluate.EvalConfig`` fields used for every job's evaluation (unset: its defaults)."""
+
+    api_token: str | None = None
+    """Bearer token required by mutating API endpoints; unset = no auth and ``wsm serve`` binds to loopback only."""
+
+    api_host: str = "127.0.0.1"
+    """Address ``wsm serve`` binds to (forced to 127.0.0.1 when no ``api_token`` is set)."""
+
+    api_port: int = 8000
+    """Port of ``wsm serve``."""
+
+    api_url: str = "http://127.0.0.1:8000"
+    """Where ``wsm anneal`` finds the API."""
+
+    api_max_body_bytes: int = 64 * 1024
+    """Largest accepted request body; bigger ones get 413."""
 
 
 @lru_cache(maxsize=1)

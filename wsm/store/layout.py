@@ -1,0 +1,100 @@
+"""The store layout: every store-relative path is built here (and documented in docs/STORE.md).
+
+Paths are relative to the store root and always use ``/``. Builders validate their inputs, so a
+path produced here never leaves its collection.
+"""
+
+from __future__ import annotations
+
+import re
+
+from wsm.store.names import checkpoint_name, validate_name
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.safetensors"
+MODEL_INDEX_FILE = "model.safetensors.index.json"
+TRAIN_STATE_FILE = "train_state.pt"
+
+RUNS = "runs"
+CHECKPOINTS = "checkpoints"
+MODELS = "models"
+EVALS = "evals"
+METRICS = "metrics"
+PINS = "pins"
+JOBS = "jobs"
+
+SEGMENT_WIDTH = 10
+"""Digits of a metrics segment number (``0000000007.jsonl``)."""
+
+_ARTIFACT_DIR_RE = re.compile(rf"^{RUNS}/([^/]+)/({CHECKPOINTS}|{MODELS}|{EVALS})/([^/]+)/")
+_SEGMENT_RE = re.compile(rf"^[0-9]{{{SEGMENT_WIDTH}}}\.jsonl$")
+
+
+def run_dir(run: str) -> str:
+    return f"{RUNS}/{validate_name(run, 'run name')}"
+
+
+def run_manifest_path(run: str) -> str:
+    return f"{run_dir(run)}/{MANIFEST}"
+
+
+def checkpoints_dir(run: str) -> str:
+    return f"{run_dir(run)}/{CHECKPOINTS}"
+
+
+def checkpoint_dir(run: str, tokens: int) -> str:
+    return f"{checkpoints_dir(run)}/{checkpoint_name(tokens)}"
+
+
+def models_dir(run: str) -> str:
+    return f"{run_dir(run)}/{MODELS}"
+
+
+def model_dir(run: str, name: str) -> str:
+    return f"{models_dir(run)}/{validate_name(name, 'model name')}"
+
+
+def evals_dir(run: str) -> str:
+    return f"{run_dir(run)}/{EVALS}"
+
+
+def eval_dir(run: str, name: str) -> str:
+    return f"{evals_dir(run)}/{validate_name(name, 'evaluation name')}"
+
+
+def metrics_dir(run: str) -> str:
+    return f"{run_dir(run)}/{METRICS}"
+
+
+def metrics_segment_path(run: str, seq: int) -> str:
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 10**SEGMENT_WIDTH:
+        raise ValueError(f"metrics segment number out of range: {seq!r}")
+    return f"{metrics_dir(run)}/{seq:0{SEGMENT_WIDTH}d}.jsonl"
+
+
+def parse_segment_name(name: str) -> int | None:
+    """Segment number of a metrics file name, or None for anything else (temporaries)."""
+    return int(name[:SEGMENT_WIDTH]) if _SEGMENT_RE.fullmatch(name) else None
+
+
+def pins_dir(run: str) -> str:
+    return f"{run_dir(run)}/{PINS}"
+
+
+def pin_path(run: str, job_id: str) -> str:
+    return f"{pins_dir(run)}/{validate_name(job_id, 'job id')}.json"
+
+
+def jobs_dir(run: str) -> str:
+    return f"{run_dir(run)}/{JOBS}"
+
+
+def job_path(run: str, job_id: str) -> str:
+    """The record of an anneal job (a JSON file owned by merger/jobs.py; docs/STORE.md "Jobs")."""
+    return f"{jobs_dir(run)}/{validate_name(job_id, 'job id')}.json"
+
+
+def artifact_dir_of(relpath: str) -> str | None:
+    """The artifact directory (checkpoint/model/eval) containing ``relpath``, if any."""
+    m = _ARTIFACT_DIR_RE.match(relpath)
+    return m.group(0).rstrip("/") if m else None

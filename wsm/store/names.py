@@ -1,0 +1,66 @@
+"""Names in the store: validation of run/artifact names and the zero-padded token-count helper.
+
+Every component of every store path comes from here, so a request can never name a path outside
+the store (no ``..``, no slashes, no hidden names) and token counts sort lexically as numbers.
+"""
+
+from __future__ import annotations
+
+import re
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+TOKEN_WIDTH = 18
+"""Digits of a checkpoint name; 10**18 tokens is far beyond any pre-training run."""
+
+_TOKENS_RE = re.compile(rf"^[0-9]{{{TOKEN_WIDTH}}}$")
+
+
+class InvalidNameError(ValueError):
+    """A run, artifact, job or file name (or a store path) that is not allowed."""
+
+    def __init__(self, what: str, value: object, reason: str = f"must match {NAME_PATTERN}") -> None:
+        self.what = what
+        self.value = value
+        super().__init__(f"invalid {what} {value!r}: {reason}")
+
+
+def validate_name(value: object, what: str = "name") -> str:
+    """Return ``value`` if it is a safe single path component, else raise :class:`InvalidNameError`.
+
+    Leading dots are refused on purpose: hidden names are reserved for staging/trash entries,
+    which listings skip.
+    """
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or ".." in value:
+        raise InvalidNameError(what, value)
+    return value
+
+
+def validate_relpath(value: object, what: str = "store path") -> str:
+    """Validate a store-relative path such as ``runs/r1/checkpoints/000…/model.safetensors``."""
+    if not isinstance(value, str) or not value:
+        raise InvalidNameError(what, value, "must be a non-empty relative path")
+    for part in value.split("/"):
+        if not isinstance(part, str) or not _NAME_RE.fullmatch(part) or ".." in part:
+            raise InvalidNameError(what, value, f"component {part!r} must match {NAME_PATTERN}")
+    return value
+
+
+def checkpoint_name(tokens: int) -> str:
+    """The directory name of the checkpoint at ``tokens`` tokens: zero-padded to 18 digits."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens < 10**TOKEN_WIDTH:
+        raise InvalidNameError("token count", tokens, f"must be an int in [0, 10**{TOKEN_WIDTH})")
+    return f"{tokens:0{TOKEN_WIDTH}d}"
+
+
+def parse_checkpoint_name(name: str) -> int:
+    """Inverse of :func:`checkpoint_name`; refuses anything not exactly 18 digits."""
+    if not isinstance(name, str) or not _TOKENS_RE.fullmatch(name):
+        raise InvalidNameError("checkpoint name", name, f"must be exactly {TOKEN_WIDTH} digits")
+    return int(name)
+
+
+def is_checkpoint_name(name: str) -> bool:
+    """Whether ``name`` is a well-formed checkpoint directory name (used to filter listings)."""
+    return bool(_TOKENS_RE.fullmatch(name))
