@@ -38,17 +38,18 @@ class Component:
 
 
 def _pump(component: Component, stream: TextIO, out: TextIO, lock: threading.Lock) -> None:
-    width = 8
     for line in stream:
         with lock:
-            out.write(f"[{component.name:<{width}}] {line}" if line.endswith("\n") else f"[{component.name}] {line}\n")
+            out.write(f"[{component.name:<8}] {line.rstrip(chr(10))}\n")
             out.flush()
 
 
 class Supervisor:
     """Starts components, relays their output, and stops them all together."""
 
-    def __init__(self, components: Sequence[Component], *, grace_seconds: float = 30.0, out: TextIO | None = None):
+    def __init__(
+        self, components: Sequence[Component], *, grace_seconds: float = 30.0, out: TextIO | None = None
+    ):
         self.components = list(components)
         self.grace_seconds = grace_seconds
         self.out = out or sys.stdout
