@@ -1,0 +1,19 @@
+"""The merge engine's exceptions: all are ``ValueError``s, so the CLI reports them as one line."""
+
+from __future__ import annotations
+
+
+class MergeError(ValueError):
+    """A merge cannot be planned or completed; the message names the bad input."""
+
+
+class CorruptFileError(MergeError):
+    """A file is not a valid safetensors file (bad header, impossible offsets, truncated data)."""
+
+
+class MismatchError(MergeError):
+    """Checkpoints disagree on tensor names, shapes, dtypes, or (for non-float tensors) values."""
+
+
+class WeightError(MergeError):
+    """The merge weights are not a valid convex combination."""

@@ -1,0 +1,327 @@
+"""Planning a merge: validate everything that can be checked from headers, then fix the layout.
+
+:func:`plan_merge` reads only headers. It checks the weights, that every checkpoint has the same
+tensor names, shapes and dtypes (naming the first mismatch: file, tensor, what differs), that no
+file is truncated, and then decides the output: tensor order, dtypes, shards and chunking. A
+:class:`MergePlan` is plain data (``to_dict``/``from_dict``) so a task queue can ship it, and it
+splits into byte-balanced parts (:meth:`MergePlan.split`) that separate workers execute.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from merger.errors import MergeError, MismatchError, WeightError
+from merger.inputs import CheckpointRef, resolve_checkpoint
+from merger.safetensors_io import CODE_TO_NAME, DTYPE_NAMES, DTYPES, TensorInfo
+
+WEIGHT_TOLERANCE = 1e-6
+"""|sum(c) - 1| allowed: weights derived in float64 from a curve sum to 1 up to rounding."""
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+"""Largest accumulator slice: a huge embedding is merged in slices of at most this many bytes."""
+DEFAULT_INFLIGHT_BYTES = 256 * 2**20
+"""Input bytes of one chunk across all checkpoints: bounds memory for remote (buffered) inputs."""
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One output tensor: shape, input dtype, output dtype, and whether it is averaged."""
+
+    name: str
+    shape: tuple[int, ...]
+    in_dtype: str
+    out_dtype: str
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return DTYPES[self.in_dtype][2]
+
+    @property
+    def in_nbytes(self) -> int:
+        return self.numel * DTYPES[self.in_dtype][1]
+
+    @property
+    def out_nbytes(self) -> int:
+        return self.numel * DTYPES[self.out_dtype][1]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One output file and the tensors it holds, in write order."""
+
+    filename: str
+    tensors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """Everything needed to execute a merge, validated; JSON-serialisable via :meth:`to_dict`."""
+
+    inputs: tuple[CheckpointRef, ...]
+    weights: tuple[float, ...]
+    tensors: tuple[TensorPlan, ...]
+    shards: tuple[ShardPlan, ...]
+    accumulate: str = "float32"
+    chunk_elems: int = DEFAULT_CHUNK_BYTES // 4
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=lambda: {"format": "pt"})
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    """Where the weights came from (curve, window, w, run, tokens); copied into the manifest."""
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the output is HF shards plus an index (else one ``model.safetensors``)."""
+        return len(self.shards) > 1 or self.shards[0].filename != "model.safetensors"
+
+    @property
+    def bytes_to_read(self) -> int:
+        return len(self.inputs) * sum(t.in_nbytes for t in self.tensors)
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(t.out_nbytes for t in self.tensors)
+
+    @property
+    def main_dtype(self) -> str:
+        """Output dtype (``bfloat16``...) of most float bytes: a bf16 model may keep fp32 norms."""
+        by_dtype: dict[str, int] = {}
+        for t in self.tensors:
+            if t.is_float:
+                by_dtype[t.out_dtype] = by_dtype.get(t.out_dtype, 0) + t.out_nbytes
+        code = max(sorted(by_dtype), key=lambda d: by_dtype[d]) if by_dtype else "F32"
+        return CODE_TO_NAME.get(code, code.lower())
+
+    def tensor(self, name: str) -> TensorPlan:
+        return self._by_name()[name]
+
+    def _by_name(self) -> dict[str, TensorPlan]:
+        return {t.name: t for t in self.tensors}
+
+    def shard_bytes(self, shard: ShardPlan) -> int:
+        by_name = self._by_name()
+        return sum(by_name[n].out_nbytes for n in shard.tensors)
+
+    def shard_file_size(self, shard: ShardPlan) -> int:
+        """Exact size of the shard's file (header included), known before writing it."""
+        from merger.safetensors_io import encode_header
+
+        entries = [(n, self.tensor(n).out_dtype, self.tensor(n).shape) for n in shard.tensors]
+        header, _ = encode_header(entries, dict(self.metadata))
+        return len(header) + self.shard_bytes(shard)
+
+    def resharded(self, num_shards: int) -> MergePlan:
+        """The same merge written as ``num_shards`` byte-balanced shards (fewer if tensors are few)."""
+        groups = _balanced_groups([t.out_nbytes for t in self.tensors], num_shards)
+        names = [t.name for t in self.tensors]
+        return replace(self, shards=_shards_from_groups([[names[i] for i in g] for g in groups]))
+
+    def split(self, n: int) -> list[MergePart]:
+        """Byte-balanced parts, each writing whole output shards, for parallel workers.
+
+        If the plan has fewer shards than ``n`` it is first resharded into ``n`` shards, so the
+        parts belong to ``parts[0].plan`` (the same for every part): execute that plan in one
+        process and you get the same files, bit for bit. At most ``n`` parts come back.
+        """
+        if n < 1:
+            raise MergeError(f"cannot split a merge into {n} parts")
+        plan = self if len(self.shards) >= n else self.resharded(n)
+        groups = _balanced_groups([plan.shard_bytes(s) for s in plan.shards], n)
+        return [MergePart(plan, i, tuple(g)) for i, g in enumerate(groups)]
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON summary for ``--dry-run``: checkpoints, weights, bytes to read, output layout."""
+        return {
+            "checkpoints": [
+                {"uri": c.uri, "c": w, "files": len(c.files), "bytes": c.nbytes, **c.extra}
+                for c, w in zip(self.inputs, self.weights, strict=True)
+            ],
+            "tensors": len(self.tensors),
+            "bytes_to_read": self.bytes_to_read,
+            "output_bytes": self.output_bytes,
+            "output_files": [s.filename for s in self.shards],
+            "output_dtypes": sorted({t.out_dtype for t in self.tensors}),
+            "accumulate": self.accumulate,
+            **({"provenance": dict(self.provenance)} if self.provenance else {}),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        from merger.plan_codec import plan_to_dict
+
+        return plan_to_dict(self)
+
+    @staticmethod
+    def from_dict(obj: Mapping[str, Any]) -> MergePlan:
+        from merger.plan_codec import plan_from_dict
+
+        return plan_from_dict(obj)
+
+
+@dataclass(frozen=True)
+class MergePart:
+    """Part ``index`` of a split plan: the output shards (indices into ``plan.shards``) it writes."""
+
+    plan: MergePlan
+    index: int
+    shard_indices: tuple[int, ...]
+
+    @property
+    def tensors(self) -> list[TensorPlan]:
+        by_name = {t.name: t for t in self.plan.tensors}
+        return [by_name[n] for i in self.shard_indices for n in self.plan.shards[i].tensors]
+
+    @property
+    def bytes_to_read(self) -> int:
+        return len(self.plan.inputs) * sum(t.in_nbytes for t in self.tensors)
+
+
+def _balanced_groups(sizes: Sequence[int], n: int) -> list[list[int]]:
+    """Split indices 0..len-1 into at most ``n`` contiguous non-empty groups of similar total size.
+
+    Item i goes to the group its midpoint falls in (cumulative bytes scaled to n): contiguous,
+    deterministic, and within one item's size of the ideal balance.
+    """
+    total = sum(sizes) or 1
+    groups: list[list[int]] = [[] for _ in range(max(1, n))]
+    pos = 0
+    for i, s in enumerate(sizes):
+        mid = pos + s / 2
+        groups[min(n - 1, int(mid * n / total))].append(i)
+        pos += s
+    return [g for g in groups if g]
+
+
+def _shards_from_groups(groups: list[list[str]]) -> tuple[ShardPlan, ...]:
+    if len(groups) == 1:
+        return (ShardPlan("model.safetensors", tuple(groups[0])),)
+    n = len(groups)
+    return tuple(
+        ShardPlan(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(g)) for i, g in enumerate(groups)
+    )
+
+
+def _layout(tensors: Sequence[TensorPlan], max_shard_bytes: int | None) -> tuple[ShardPlan, ...]:
+    """Greedy HF-style sharding: start a new shard when the next tensor would overflow this one."""
+    if max_shard_bytes is None:
+        return _shards_from_groups([[t.name for t in tensors]])
+    if max_shard_bytes <= 0:
+        raise MergeError(f"max shard size must be positive, got {max_shard_bytes}")
+    groups: list[list[str]] = [[]]
+    size = 0
+    for t in tensors:
+        if groups[-1] and size + t.out_nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(t.name)
+        size += t.out_nbytes
+    return _shards_from_groups(groups)
+
+
+def validate_weights(weights: Sequence[float], count: int, tolerance: float = WEIGHT_TOLERANCE) -> None:
+    """Weights must be finite, non-negative, one per checkpoint, and sum to 1."""
+    if len(weights) != count:
+        raise WeightError(f"{len(weights)} weights for {count} checkpoints")
+    for i, w in enumerate(weights):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise WeightError(f"weight {i} ({w!r}) is not a finite number")
+        if w < 0:
+            raise WeightError(f"weight {i} is negative ({w}); merge weights must be >= 0")
+    total = math.fsum(weights)
+    if abs(total - 1.0) > tolerance:
+        raise WeightError(f"weights sum to {total:.9g}, not 1 (tolerance {tolerance:g})")
+
+
+def _check_same_tensors(ckpts: Sequence[CheckpointRef]) -> None:
+    """Name the first difference in names, shapes or dtypes between a checkpoint and the first."""
+    ref = ckpts[0]
+    for ck in ckpts[1:]:
+        missing = [n for n in ref.tensors if n not in ck.tensors]
+        if missing:
+            raise MismatchError(f"{ck.uri}: tensor {missing[0]!r} (present in {ref.uri}) is missing")
+        extra = [n for n in ck.tensors if n not in ref.tensors]
+        if extra:
+            where = ck.files[ck.tensors[extra[0]].file].uri
+            raise MismatchError(f"{where}: tensor {extra[0]!r} is not in {ref.uri}")
+        for name, loc in ref.tensors.items():
+            a: TensorInfo = loc.info
+            b: TensorInfo = ck.tensors[name].info
+            where = ck.files[ck.tensors[name].file].uri
+            if a.shape != b.shape:
+                raise MismatchError(
+                    f"{where}: tensor {name!r} has shape {list(b.shape)}, but {list(a.shape)} in {ref.uri}"
+                )
+            if a.dtype != b.dtype:
+                raise MismatchError(
+                    f"{where}: tensor {name!r} has dtype {b.dtype}, but {a.dtype} in {ref.uri}"
+                )
+
+
+def _out_dtype(in_dtype: str, requested: str | None) -> str:
+    if requested is None or requested == "auto" or not DTYPES[in_dtype][2]:
+        return in_dtype  # non-float tensors are copied unchanged whatever the output dtype
+    return DTYPE_NAMES[requested]
+
+
+def plan_merge(
+    inputs: Sequence[str | Path | CheckpointRef],
+    weights: Sequence[float],
+    *,
+    out_dtype: str | None = None,
+    accumulate: str = "float32",
+    max_shard_bytes: int | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+    storage_options: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    tolerance: float = WEIGHT_TOLERANCE,
+) -> MergePlan:
+    """Validate a merge of ``inputs`` with ``weights`` (reading headers only) and lay out the output.
+
+    ``out_dtype``: None/"auto" keeps each tensor's input dtype; "float32", "bfloat16", "float16"
+    or "float64" converts every floating tensor. ``accumulate``: "float32" or "float64".
+    """
+    if not inputs:
+        raise MergeError("nothing to merge: no checkpoints given")
+    weights = [float(w) if isinstance(w, int) and not isinstance(w, bool) else w for w in weights]
+    validate_weights(weights, len(inputs), tolerance)
+    if out_dtype not in (None, "auto", *DTYPE_NAMES):
+        raise MergeError(f"output dtype {out_dtype!r} is not one of auto, {', '.join(DTYPE_NAMES)}")
+    if accumulate not in ("float32", "float64"):
+        raise MergeError(f"accumulation dtype must be float32 or float64, not {accumulate!r}")
+    if storage_options is None:
+        # Refs resolved elsewhere (e.g. from the store) carry the options that reach their files.
+        storage_options = next(
+            (c.storage_options for c in inputs if isinstance(c, CheckpointRef) and c.storage_options), {}
+        )
+    opts = dict(storage_options)
+    ckpts = [c if isinstance(c, CheckpointRef) else resolve_checkpoint(str(c), opts) for c in inputs]
+    _check_same_tensors(ckpts)
+    ref = ckpts[0]
+    # Output order = the first checkpoint's storage order, so reads of it are sequential.
+    order = sorted(ref.tensors.items(), key=lambda kv: (kv[1].file, kv[1].info.begin))
+    tensors = tuple(
+        TensorPlan(name, loc.info.shape, loc.info.dtype, _out_dtype(loc.info.dtype, out_dtype))
+        for name, loc in order
+    )
+    # Chunk length in elements: the accumulator stays <= chunk_bytes and one chunk's inputs across
+    # all checkpoints <= inflight_bytes, so memory does not grow with the checkpoint count.
+    acc_size = 8 if accumulate == "float64" else 4
+    widest = max(DTYPES[t.in_dtype][1] for t in tensors)
+    chunk_elems = max(1024, min(chunk_bytes // acc_size, inflight_bytes // (len(ckpts) * widest)))
+    return MergePlan(
+        inputs=tuple(ckpts),
+        weights=tuple(float(w) for w in weights),
+        tensors=tensors,
+        shards=_layout(tensors, max_shard_bytes),
+        accumulate=accumulate,
+        chunk_elems=chunk_elems,
+        storage_options=opts,
+        provenance=dict(provenance or {}),
+    )

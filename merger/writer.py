@@ -1,0 +1,123 @@
+"""Streaming safetensors output: header first (known up front), then data strictly in order.
+
+Names, dtypes and shapes fix every offset, so the header is written before any data and tensors
+are appended as their chunks complete: nothing is held back in memory. Bytes go to a sink: a
+local file written under a temporary name and renamed into place on commit (a reader never sees a
+partial file), or a store publisher's streaming writer (see :mod:`merger.store_io`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from merger.safetensors_io import encode_header
+
+
+class Sink(Protocol):
+    """Where a file's bytes go: ``commit`` makes it visible, ``abort`` drops it."""
+
+    def write(self, data: memoryview) -> int | None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class LocalFileSink:
+    """A local file written under a temporary name in its final directory, renamed on commit."""
+
+    def __init__(self, path: str, *, fsync: bool = True) -> None:
+        self.path = path
+        self.tmp_path = os.path.join(
+            os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}"
+        )
+        self._fsync = fsync
+        self._file = open(self.tmp_path, "wb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+
+    def write(self, data: memoryview) -> int | None:
+        return self._file.write(data)
+
+    def commit(self) -> None:
+        if self._fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp_path, self.path)
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if os.path.exists(self.tmp_path):
+            os.unlink(self.tmp_path)
+
+
+class ShardWriter:
+    """Writes one safetensors file into ``sink``: the header at once, then tensor bytes in order."""
+
+    def __init__(
+        self,
+        name: str,
+        sink: Sink,
+        entries: Sequence[tuple[str, str, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.sink = sink
+        header, offsets = encode_header(list(entries), metadata or {})
+        self.header = header
+        self.size = len(header) + (offsets[-1][1] if offsets else 0)
+        self._remaining = self.size - len(header)
+        self.bytes_written = 0
+        self._write(header)
+
+    def _write(self, data: bytes | memoryview | Any) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            n = self.sink.write(view)
+            n = len(view) if n is None else n  # some file-likes return None for "all written"
+            if n <= 0:
+                raise OSError(f"{self.name}: write made no progress")
+            view = view[n:]
+            self.bytes_written += n
+
+    def write(self, data: bytes | memoryview | Any) -> None:
+        """Append tensor bytes; more than the header announced is a bug, so it raises."""
+        n = memoryview(data).nbytes
+        if n > self._remaining:
+            raise RuntimeError(f"{self.name}: {n} bytes more than the header announced")
+        self._remaining -= n
+        self._write(data)
+
+    def commit(self) -> None:
+        """Check completeness, then make the file visible (rename / complete the upload)."""
+        if self._remaining:
+            self.sink.abort()
+            raise RuntimeError(f"{self.name}: {self._remaining} bytes of tensor data missing")
+        self.sink.commit()
+
+    def abort(self) -> None:
+        self.sink.abort()
+
+
+def write_json_atomic(path: str, obj: Any, *, fsync: bool = True) -> None:
+    """Write small JSON (index, manifest) through a temporary name and rename it into place."""
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def hf_index(weight_map: dict[str, str], total_size: int) -> dict[str, Any]:
+    """The ``model.safetensors.index.json`` Hugging Face loaders expect."""
+    return {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
