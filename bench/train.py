@@ -1,0 +1,209 @@
+"""Trainer throughput vs a plain PyTorch loop of the same Llama architecture and batch, and checkpoint stall.
+
+    python bench/train.py [--config demo] [--steps 40] [--threads 2]
+
+Both loops train fp32 on CPU with AdamW on the same batches (megatron GPTDataset samples) and the
+same thread count, alternating in one process so machine load hits both alike. Reported:
+tokens/s of each and their ratio (target >= 0.9); the checkpoint *stall* (snapshot on the
+training thread) as a fraction of a step at the config's save interval (target < 5%); and the
+throughput cost of saving in the background (steps with vs without checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+warnings.filterwarnings("ignore")
+log = logging.getLogger("bench.train")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-b, a), dim=-1) * sin
+
+
+class Block(nn.Module):
+    def __init__(self, hidden: int, ffn: int, heads: int, groups: int, eps: float) -> None:
+        super().__init__()
+        self.heads, self.groups, self.dim = heads, groups, hidden // heads
+        self.norm1, self.norm2 = RMSNorm(hidden, eps), RMSNorm(hidden, eps)
+        self.qkv = nn.Linear(hidden, (heads + 2 * groups) * self.dim, bias=False)
+        self.proj = nn.Linear(hidden, hidden, bias=False)
+        self.fc1 = nn.Linear(hidden, 2 * ffn, bias=False)
+        self.fc2 = nn.Linear(ffn, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(
+            [self.heads * self.dim, self.groups * self.dim, self.groups * self.dim], -1
+        )
+        q = rope(q.view(b, s, self.heads, self.dim).transpose(1, 2), cos, sin)
+        k = rope(k.view(b, s, self.groups, self.dim).transpose(1, 2), cos, sin)
+        v = v.view(b, s, self.groups, self.dim).transpose(1, 2)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        x = x + self.proj(att.transpose(1, 2).reshape(b, s, -1))
+        gate, up = self.fc1(self.norm2(x)).chunk(2, dim=-1)
+        return x + self.fc2(F.silu(gate) * up)
+
+
+class PlainLlama(nn.Module):
+    def __init__(
+        self, vocab: int, hidden: int, ffn: int, layers: int, heads: int, groups: int, eps: float, base: float
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.blocks = nn.ModuleList(Block(hidden, ffn, heads, groups, eps) for _ in range(layers))
+        self.norm = RMSNorm(hidden, eps)
+        self.head = nn.Linear(hidden, vocab, bias=False)
+        dim = hidden // heads
+        self.inv_freq = 1.0 / base ** (torch.arange(0, dim, 2).float() / dim)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        freqs = torch.outer(torch.arange(tokens.shape[1]).float(), self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.head(self.norm(x))
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+def _median_tps(times: list[float], tokens_per_step: int) -> float:
+    return tokens_per_step / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement round")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each loop")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("megatron", "trainer", "wsm"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+
+    from trainer.config import load_config
+    from trainer.loop import Trainer
+    from trainer.units import parse_tokens, tokens_to_steps
+    from wsm.store import Store
+
+    base = load_config(args.config, [f"threads={args.threads}"])
+    tps = base.tokens_per_step
+    save_steps = tokens_to_steps(parse_tokens(base.checkpoint.save_every), tps)
+    warm = 3
+    results: dict[str, list[float]] = {"trainer": [], "plain": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(f"{tmp}/store")
+        m = base.model
+        # Our trainer without checkpoints (save interval beyond the run) for pure throughput.
+        cfg = base.model_copy(
+            update={"run": "bench", "checkpoint": base.checkpoint.model_copy(update={"save_every": "1T"})}
+        )
+        trainer = Trainer(cfg, store=store, save_checkpoints=False)
+        source = trainer.source
+        torch.manual_seed(0)
+        plain = PlainLlama(
+            trainer.vocab,
+            m.hidden_size,
+            m.ffn_hidden_size,
+            m.num_layers,
+            m.num_attention_heads,
+            m.num_query_groups,
+            m.norm_epsilon,
+            m.rotary_base,
+        )
+        decay = [p for p in plain.parameters() if p.ndim >= 2]
+        rest = [p for p in plain.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+            lr=base.optim.lr,
+            betas=(0.9, 0.95),
+            foreach=True,
+        )
+        plain_step = 0
+        for rnd in range(args.rounds):
+            trainer.stop_step = trainer.step + args.steps + warm
+            r = trainer.train()
+            results["trainer"].extend(r.step_times_s[warm:])
+            times = []
+            for i in range(args.steps + warm):
+                t0 = time.perf_counter()
+                for micro in range(source.num_micro):
+                    batch = source.get(plain_step, micro)
+                    loss = plain(batch["tokens"], batch["labels"]) / source.num_micro
+                    loss.backward()
+                torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                plain_step += 1
+                if i >= warm:
+                    times.append(time.perf_counter() - t0)
+            results["plain"].extend(times)
+            log.info(
+                "round %d: trainer %.0f tok/s, plain %.0f tok/s",
+                rnd,
+                _median_tps(r.step_times_s[warm:], tps),
+                _median_tps(times, tps),
+            )
+
+        # Checkpoint stall at the config's save interval, on a fresh run that saves for real.
+        steps = 2 * save_steps + warm
+        ck = Trainer(
+            base.model_copy(update={"run": "bench-ckpt", "train_tokens": str(steps * tps)}), store=store
+        )
+        rc = ck.train()
+        median_step = statistics.median(rc.step_times_s[warm:])
+        stall = statistics.mean(rc.stalls_s) if rc.stalls_s else 0.0
+        # Background writing competes for the same cores: compare the steps after each save.
+        after = [t for i, t in enumerate(rc.step_times_s) if i > warm and (i % save_steps) < 5]
+
+    trainer_tps = _median_tps(results["trainer"], tps)
+    plain_tps = _median_tps(results["plain"], tps)
+    figures = {
+        "config": args.config,
+        "threads": args.threads,
+        "tokens_per_step": tps,
+        "trainer_tokens_per_s": round(trainer_tps),
+        "plain_tokens_per_s": round(plain_tps),
+        "ratio": round(trainer_tps / plain_tps, 3),
+        "save_every_steps": save_steps,
+        "median_step_s": round(median_step, 4),
+        "stall_per_save_s": round(stall, 4),
+        "stall_fraction_of_step": round(stall / median_step, 4),
+        "stall_fraction_of_interval": round(stall / (median_step * save_steps), 5),
+        "steps_after_save_slowdown": round(statistics.mean(after) / median_step - 1, 3) if after else None,
+    }
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""One optimizer step on this rank: the CPU engine (torch DDP + AdamW) and the GPU engine (megatron).
+
+Both expose the same surface to the loop: ``train_step(micro_batches) -> (loss, grad_norm)``,
+``eval_loss(batch)``, and optimizer state out/in for checkpoints. The scheduler sets the LR on the
+optimizer's param groups before each step, so the engines never touch the LR themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any, cast
+
+import torch
+import torch.distributed as dist
+
+from trainer.checkpoint import restore_adamw, snapshot_adamw
+from trainer.config import OptimConfig
+from trainer.distributed import DistInfo, dp_group, tp_group
+from trainer.optim import build_adamw, build_megatron_optimizer, clip_gradients, grad_norm
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+def token_loss(model: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
+    """Mean next-token cross-entropy over the unmasked tokens of one micro-batch."""
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    mask = batch["loss_mask"].to(device, non_blocking=True)
+    positions = batch["position_ids"].to(device, non_blocking=True)
+    per_token = model(tokens, positions, None, labels=labels)
+    return cast(torch.Tensor, (per_token.float() * mask).sum() / mask.sum().clamp(min=1))
+
+
+class CPUEngine:
+    """fp32 on CPU; torch DDP over megatron's DP group; clipping with a TP-aware norm."""
+
+    def __init__(self, model: torch.nn.Module, cfg: OptimConfig, info: DistInfo) -> None:
+        self.info = info
+        self.module = model
+        self.device = torch.device("cpu")
+        self.model: torch.nn.Module = model
+        if info.dp_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(model, process_group=dp_group())
+        self.optimizer = build_adamw(model, cfg)
+        self.clip = cfg.clip_grad
+
+    @property
+    def param_groups_owner(self) -> torch.optim.Optimizer:
+        return self.optimizer
+
+    def train_step(self, micro_batches: Iterable[Batch], num_micro: int) -> tuple[torch.Tensor, float]:
+        self.model.train()
+        total = torch.zeros(())
+        for i, batch in enumerate(micro_batches):
+            last = i == num_micro - 1
+            sync = contextlib.nullcontext() if last or self.info.dp_size == 1 else self.model.no_sync()  # type: ignore[operator]
+            with sync:
+                loss = token_loss(self.model, batch, self.device)
+                (loss / num_micro).backward()  # type: ignore[no-untyped-call]
+            total += loss.detach()
+        norm = grad_norm(self.module, tp_group(), self.info.tp_rank, self.info.tp_size)
+        clip_gradients(self.module, self.clip, norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / num_micro, float(norm)
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch) -> torch.Tensor:
+        self.module.eval()
+        return token_loss(self.module, batch, self.device)
+
+    def snapshot_optimizer(self) -> tuple[dict[str, torch.Tensor], Any]:
+        return snapshot_adamw(
+            self.optimizer, self.module, tp_group=tp_group(), tp_size=self.info.tp_size
+        ), None
+
+    def restore_optimizer(
+        self, tensors: dict[str, torch.Tensor], megatron_state: Any, adam_step: int
+    ) -> None:
+        if not tensors:
+            raise ValueError("checkpoint has no AdamW state for the CPU engine (was it written on GPU?)")
+        restore_adamw(
+            self.optimizer,
+            self.module,
+            tensors,
+            adam_step,
+            tp_rank=self.info.tp_rank,
+            tp_size=self.info.tp_size,
+        )
+
+
+class GPUEngine:
+    """bf16 with fp32 main params: megatron DDP (bucketed grad reduction) + (distributed) optimizer.
+
+    Written for CUDA machines; the CI here has no GPU, so tests skip it.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: OptimConfig, info: DistInfo, *, bf16: bool) -> None:
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.transformer.module import Float16Module
+
+        self.info = info
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        config = model.config
+        wrapped: torch.nn.Module = Float16Module(config, model) if bf16 else model
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=info.dp_size > 1
+        )
+        self.model = DistributedDataParallel(config, ddp_config, wrapped)
+        self.module = model
+        self.optimizer = build_megatron_optimizer(self.model, cfg, bf16=bf16, distributed=info.dp_size > 1)
+
+    @property
+    def param_groups_owner(self) -> Any:
+        return self.optimizer
+
+    def train_step(self, micro_batches: Iterable[Batch], num_micro: int) -> tuple[torch.Tensor, float]:
+        self.model.train()
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            sync = contextlib.nullcontext() if i == num_micro - 1 else self.model.no_sync()
+            with sync:
+                loss = token_loss(self.model, batch, self.device)
+                (loss / num_micro).backward()  # type: ignore[no-untyped-call]
+            total += loss.detach()
+        self.model.finish_grad_sync()
+        _, norm, _ = self.optimizer.step()
+        return total.cpu() / num_micro, float(norm or 0.0)
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch) -> torch.Tensor:
+        self.model.eval()
+        return token_loss(self.model, batch, self.device).cpu()
+
+    def snapshot_optimizer(self) -> tuple[dict[str, torch.Tensor], Any]:
+        # Layout-dependent: per TP rank, the DP-gathered parameter state plus the optimizer's own
+        # state dict; everything is collected on global rank 0, which writes the checkpoint.
+        param_state = (
+            self.optimizer.get_parameter_state_dp_zero()
+            if hasattr(self.optimizer, "get_parameter_state_dp_zero")
+            else None
+        )
+        local = {
+            "tp_rank": self.info.tp_rank,
+            "optimizer": self.optimizer.state_dict(),
+            "param_state": param_state,
+            "rng_cuda": torch.cuda.get_rng_state(),
+        }
+        gathered: list[Any] = [None] * self.info.world_size if self.info.is_main else []
+        if self.info.world_size > 1:
+            dist.gather_object(local, gathered if self.info.is_main else None, dst=0)
+        else:
+            gathered = [local]
+        tensors = {"rng/torch": torch.get_rng_state().clone()}
+        return tensors, {"world_size": self.info.world_size, "tp_size": self.info.tp_size, "ranks": gathered}
+
+    def restore_optimizer(
+        self, tensors: dict[str, torch.Tensor], megatron_state: Any, adam_step: int
+    ) -> None:
+        if megatron_state is None:
+            raise ValueError("checkpoint has no megatron optimizer state (was it written on CPU?)")
+        if (
+            megatron_state["world_size"] != self.info.world_size
+            or megatron_state["tp_size"] != self.info.tp_size
+        ):
+            raise ValueError("GPU training state can only be resumed with the same world size and TP size")
+        mine = megatron_state["ranks"][self.info.rank]
+        self.optimizer.load_state_dict(mine["optimizer"])
+        if mine["param_state"] is not None and hasattr(self.optimizer, "load_parameter_state_from_dp_zero"):
+            self.optimizer.load_parameter_state_from_dp_zero(mine["param_state"])
+        torch.cuda.set_rng_state(mine["rng_cuda"])
+        if "rng/torch" in tensors:
+            torch.set_rng_state(tensors["rng/torch"])

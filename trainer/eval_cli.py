@@ -1,0 +1,130 @@
+"""``wsm evaluate MODEL``: SFT + all metrics for a stored checkpoint or model, printed and stored.
+
+MODEL is a store directory (``runs/r/checkpoints/000000000000204800``, ``runs/r/models/anneal-80B``)
+or a short spec: ``RUN`` (newest checkpoint), ``RUN/latest``, ``RUN/TOKENS`` (a checkpoint by token
+count, e.g. ``r/200k``) or ``RUN/NAME`` (an annealed or baseline model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+MODEL_HELP = (
+    "store dir (runs/R/checkpoints/T, runs/R/models/N) or RUN, RUN/latest, RUN/TOKENS (e.g. r1/200k), "
+    "RUN/NAME (model)"
+)
+
+
+def parse_model_spec(store: Any, spec: str) -> tuple[str, str]:
+    """``(run, store-relative model dir)`` of a MODEL argument (see the module docstring)."""
+    from trainer.load import split_model_dir
+    from trainer.units import parse_tokens
+    from wsm.store import checkpoint_name, layout
+
+    spec = spec.strip().rstrip("/")
+    if spec.startswith("runs/"):
+        run, _, _ = split_model_dir(spec)
+        return run, spec
+    run, _, rest = spec.partition("/")
+    if rest in ("", "latest"):
+        latest = store.latest_checkpoint(run)
+        if latest is None:
+            raise ValueError(f"run {run!r} has no checkpoints")
+        return run, latest.dir
+    if "/" in rest:
+        raise ValueError(f"cannot read MODEL {spec!r}; expected {MODEL_HELP}")
+    try:
+        tokens = parse_tokens(rest, name="MODEL")
+    except ValueError:
+        return run, layout.model_dir(run, rest)
+    if store.exists(f"{layout.model_dir(run, rest)}/{layout.MANIFEST}"):
+        return run, layout.model_dir(run, rest)  # a model whose name reads like a token count
+    return run, f"runs/{run}/checkpoints/{checkpoint_name(tokens)}"
+
+
+def load_eval_config(path: str | None, overrides: list[str], suite: str | None) -> Any:
+    """EvalConfig from an optional YAML file, ``--set`` overrides and ``--suite``."""
+    from trainer.config import apply_overrides
+    from trainer.evaluate import EvalConfig
+
+    tree: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: an evaluation config must be a mapping")
+        tree = loaded or {}
+    tree = apply_overrides(tree, overrides)
+    if suite:
+        tree["suite"] = suite
+    return EvalConfig.model_validate(tree)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    width = max((len(k) for k in metrics), default=0)
+    return "\n".join(f"{k:<{width}}  {v:.6g}" for k, v in metrics.items())
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainer.evaluate import evaluate_model
+    from wsm.store import open_store
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    store = open_store(args.store)
+    run, model_dir = parse_model_spec(store, args.model)
+    config = load_eval_config(args.config, args.set, args.suite)
+    manifest = evaluate_model(
+        store,
+        run,
+        model_dir,
+        config,
+        force=args.force,
+        progress=lambda phase, frac: log.info("evaluate %s: %s %.0f%%", model_dir, phase, 100 * frac),
+    )
+    if args.json:
+        print(manifest.model_dump_json(indent=1))
+    else:
+        print(f"{manifest.model_id}  ({manifest.dir}, {manifest.duration_s:.1f}s)")
+        print(format_metrics(manifest.metrics))
+        if manifest.extra.get("skipped"):
+            print("skipped: " + json.dumps(manifest.extra["skipped"]))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``wsm evaluate``."""
+    from trainer.config import describe_fields
+    from trainer.evaluate import EvalConfig
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="fine-tune and evaluate a stored checkpoint or model (cached in the store)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (--set key=value):\n" + "\n".join(describe_fields(EvalConfig)),
+    )
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("--suite", help="SFT suite: builtin (default) or a .json/.jsonl file or directory")
+    parser.add_argument("--config", help="YAML file with EvalConfig fields")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. sft.lr=1e-4 or sharpness.samples=10",
+    )
+    parser.add_argument("--store", help="store URL (default WSM_STORE_URL)")
+    parser.add_argument("--force", action="store_true", help="recompute and replace a stored result")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--json", action="store_true", help="print the stored EvalManifest as JSON")
+    parser.set_defaults(func=_run)

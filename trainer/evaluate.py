@@ -1,0 +1,351 @@
+"""Evaluation of a stored model or checkpoint: the entry point the service calls.
+
+One evaluation measures, in this order, on the *same* starting weights:
+
+1. ``pretrain_val_loss``: loss on the run's held-out pre-training split, the very sequences the
+   trainer validated on (same corpus, tokenizer, seed, sequence length and sample count);
+2. ``sharpness_pretrain`` / ``sharpness_sft``: Hessian trace (Hutchinson) of the pre-trained
+   weights on pre-training and on held-out SFT data, with ``…_stderr`` (WSO paper, Appendix H);
+3. ``sft_val_loss_before``: loss on held-out SFT answers before fine-tuning;
+4. SFT (WSO paper, Appendix D; optional LR sweep, best run kept by ``sft.select_metric``), then
+   ``sft_val_loss`` and greedy ``task_accuracy`` (macro mean; ``task_accuracy/<task>`` per task).
+
+The result is an :class:`~wsm.store.EvalManifest` named ``eval-<hash>``, the hash covering the model
+dir, the sha256 of its weights and the config: asking again returns the stored record.
+Everything is seeded and torch runs with deterministic algorithms, so recomputing gives the same numbers
+on the same machine type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainer.eval_data import Prepared, prepare_eval_data
+from trainer.load import StoredModel, build_stored_model, load_weights, resolve
+from trainer.sft import SFTConfig, fine_tune, sft_loss
+from trainer.sharpness import SharpnessConfig, model_sharpness
+from trainer.weights import load_full_state_dict, named_parameters
+from wsm.store import ArtifactExistsError, ArtifactNotFoundError, EvalManifest, Store
+
+log = logging.getLogger(__name__)
+
+# Bump when a change alters the numbers for the same config: old records stop matching.
+EVAL_VERSION = 1
+Progress = Callable[[str, float], None]
+
+
+class EvalConfig(BaseModel):
+    """What an evaluation computes and how; every field enters the cache key."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    suite: str = "builtin"
+    """SFT suite: ``builtin`` (generated locally) or a path (a .json/.jsonl file split 9:1, or a
+    directory with train.jsonl and valid.jsonl)."""
+
+    suite_seed: int = 0
+    """Seed of the built-in suite's items and of a single file's train/held-out split."""
+
+    builtin_train_per_task: int = Field(200, ge=1)
+    """Built-in suite: training items per synthetic task."""
+
+    builtin_valid_per_task: int = Field(20, ge=1)
+    """Built-in suite: held-out (loss and accuracy) items per synthetic task."""
+
+    builtin_doc_items: int | None = Field(None, ge=5)
+    """Built-in suite: at most this many standard-library docstring questions (80/20 split); None: all (~300)."""
+
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    """Fine-tuning recipe (WSO paper Appendix D defaults)."""
+
+    sharpness: SharpnessConfig = Field(default_factory=SharpnessConfig)
+    """Hutchinson settings (WSO paper Appendix H defaults)."""
+
+    sharpness_on: list[Literal["pretrain", "sft"]] = Field(
+        default_factory=lambda: ["pretrain", "sft"]  # type: ignore[arg-type]
+    )
+    """Held-out data to measure sharpness on."""
+
+    pretrain_loss: bool = True
+    """Measure the loss on the run's held-out pre-training split."""
+
+    pretrain_valid_samples: int | None = Field(None, ge=1)
+    """Held-out pre-training sequences; None: as many as the trainer validated on."""
+
+    run_sft: bool = True
+    """Fine-tune and measure SFT loss and task accuracy (False: only the pre-training metrics)."""
+
+    max_new_tokens: int = Field(32, ge=1)
+    """Greedy decoding budget per task answer."""
+
+    eval_batch_size: int = Field(32, ge=1)
+    """Sequences per forward pass for losses and generation."""
+
+    seed: int = 0
+    """Seed of torch's generators at the start of evaluation."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to evaluate; auto picks CUDA when available."""
+
+    def seeds(self) -> list[int]:
+        """Every seed the result depends on (recorded in the manifest)."""
+        return [self.seed, self.suite_seed, self.sft.seed, self.sharpness.seed]
+
+
+def eval_name(sm: StoredModel, config: EvalConfig) -> str:
+    """``eval-<16 hex>`` from the model dir, its weights' sha256 and the config."""
+    key = {
+        "v": EVAL_VERSION,
+        "model": sm.model_dir,
+        "weights": sm.weight_sha256,
+        "config": config.model_dump(mode="json"),
+    }
+    return "eval-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_evaluation(
+    store: Store, run: str, model_dir: str, config: EvalConfig | None = None
+) -> EvalManifest | None:
+    """The stored evaluation of ``model_dir`` with ``config``, or None."""
+    sm = resolve(store, run, model_dir)
+    try:
+        return store.get_eval(run, eval_name(sm, config or EvalConfig()))
+    except ArtifactNotFoundError:
+        return None
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but CUDA is not available")
+    return torch.device(
+        "cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+
+
+@contextlib.contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seeded generators and deterministic kernels for the duration; the previous mode is restored."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seed)
+    # warn_only: an op without a deterministic kernel warns instead of failing the evaluation.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+class _Phases:
+    """Maps phase-local progress to overall progress for the caller's callback."""
+
+    WEIGHTS: ClassVar[dict[str, int]] = {"load": 1, "pretrain_loss": 1, "sharpness": 3, "sft": 4, "tasks": 1}
+
+    def __init__(self, callback: Progress | None) -> None:
+        self.callback = callback
+        self.total = sum(self.WEIGHTS.values())
+        self.done = 0.0
+
+    def report(self, phase: str, fraction: float) -> None:
+        if self.callback is not None:
+            self.callback(phase, min(1.0, (self.done + self.WEIGHTS[phase] * fraction) / self.total))
+
+    def finish(self, phase: str) -> None:
+        self.report(phase, 1.0)
+        self.done += self.WEIGHTS[phase]
+
+
+def _sweep_progress(phases: _Phases, index: int, runs: int, fraction: float) -> None:
+    phases.report("sft", (index + fraction) / runs)
+
+
+def _sweep_better(metric: str, cand: dict[str, float], best: dict[str, float] | None) -> bool:
+    if best is None:
+        return True
+    if metric == "task_accuracy" and cand["task_accuracy"] != best["task_accuracy"]:
+        return cand["task_accuracy"] > best["task_accuracy"]
+    return cand["sft_val_loss"] < best["sft_val_loss"]
+
+
+def _run_sft(
+    model: torch.nn.Module,
+    base: dict[str, torch.Tensor],
+    data: Prepared,
+    cfg: EvalConfig,
+    device: torch.device,
+    phases: _Phases,
+    pretrain_lr: float,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fine-tune at each LR of the sweep from ``base``; metrics of the best run and the sweep's record."""
+    lrs = cfg.sft.lr_sweep or [cfg.sft.lr or cfg.sft.lr_factor * pretrain_lr]
+    best: dict[str, float] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    sweep: list[dict[str, Any]] = []
+    for k, lr in enumerate(lrs):
+        if k:
+            load_full_state_dict(model, base)
+        run = fine_tune(
+            model,
+            data.sft_train,
+            cfg.sft,
+            lr=lr,
+            pad_id=data.pad_id,
+            device=device,
+            progress=functools.partial(_sweep_progress, phases, k, len(lrs)),
+        )
+        metrics = {
+            "sft_lr": lr,
+            "sft_train_loss_last": run.train_losses[-1],
+            "sft_val_loss": sft_loss(
+                model, data.sft_valid, batch_size=cfg.eval_batch_size, pad_id=data.pad_id, device=device
+            ),
+        }
+        if cfg.sft.select_metric == "task_accuracy" or len(lrs) == 1:
+            acc, _ = data.score(model, device, cfg)
+            metrics.update(
+                {("task_accuracy" if t == "all" else f"task_accuracy/{t}"): v for t, v in acc.items()}
+            )
+        sweep.append({**metrics, "steps": run.steps, "seconds": round(run.seconds, 3)})
+        log.info("sft lr=%g: val loss %.4f", lr, metrics["sft_val_loss"])
+        if _sweep_better(cfg.sft.select_metric, metrics, best):
+            best = metrics
+            if len(lrs) > 1:
+                best_state = {n: p.detach().to("cpu", copy=True) for n, p in named_parameters(model).items()}
+    phases.finish("sft")
+    assert best is not None
+    if "task_accuracy" not in best:
+        # Loss picked the winner: restore it and score only that one.
+        assert best_state is not None
+        load_full_state_dict(model, best_state)
+        acc, _ = data.score(model, device, cfg)
+        best.update({("task_accuracy" if t == "all" else f"task_accuracy/{t}"): v for t, v in acc.items()})
+    phases.finish("tasks")
+    return best, {"sft_sweep": sweep}
+
+
+def run_peak_lr(sm: StoredModel) -> float:
+    """The run's pre-training peak LR (the default SFT LR scales from it)."""
+    schedule = sm.run.schedule
+    lr = schedule.get("max_lr") or (schedule.get("optim") or {}).get("lr")
+    if not lr:
+        raise ValueError(f"run {sm.run.run} records no pre-training LR; set sft.lr explicitly")
+    return float(lr)
+
+
+def compute(
+    store: Store, sm: StoredModel, config: EvalConfig, progress: Progress | None = None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """All metrics of one evaluation (nothing is stored); returns ``(metrics, extra)``."""
+    phases = _Phases(progress)
+    device = pick_device(config.device)
+    metrics: dict[str, float] = {}
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    base = load_weights(store, sm.manifest)
+    model = build_stored_model(store, sm, device)
+    data = prepare_eval_data(sm, config)
+    timings["load"] = time.perf_counter() - t
+    phases.finish("load")
+
+    if config.pretrain_loss:
+        t = time.perf_counter()
+        if data.pretrain_valid:
+            metrics["pretrain_val_loss"] = data.pretrain_loss(model, device, config.eval_batch_size)
+        timings["pretrain_loss"] = time.perf_counter() - t
+    phases.finish("pretrain_loss")
+
+    if config.sharpness.enabled:
+        for k, where in enumerate(config.sharpness_on):
+            t = time.perf_counter()
+            batches = data.sharpness_batches(where, config.sharpness, sm.model_cfg.seq_length)
+            if batches:
+                est = model_sharpness(model, batches, config.sharpness, device)
+                metrics[f"sharpness_{where}"] = est.mean
+                metrics[f"sharpness_{where}_stderr"] = est.stderr
+            timings[f"sharpness_{where}"] = time.perf_counter() - t
+            phases.report("sharpness", (k + 1) / len(config.sharpness_on))
+    phases.finish("sharpness")
+
+    if config.run_sft:
+        t = time.perf_counter()
+        metrics["sft_val_loss_before"] = sft_loss(
+            model, data.sft_valid, batch_size=config.eval_batch_size, pad_id=data.pad_id, device=device
+        )
+        best, extra = _run_sft(model, base, data, config, device, phases, run_peak_lr(sm))
+        metrics.update(best)
+        timings["sft_and_tasks"] = time.perf_counter() - t
+    else:
+        extra = {}
+        phases.finish("sft")
+        phases.finish("tasks")
+    extra.update(
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        skipped=data.skipped,
+        suite={
+            "name": data.suite_name,
+            "train": len(data.sft_train),
+            "valid": len(data.sft_valid),
+            "tasks": len(data.tasks),
+        },
+        device=str(device),
+        torch=torch.__version__,
+    )
+    return metrics, extra
+
+
+def evaluate_model(
+    store: Store,
+    run: str,
+    model_dir: str,
+    config: EvalConfig | None = None,
+    *,
+    progress: Callable[[str, float], None] | None = None,
+    force: bool = False,
+) -> EvalManifest:
+    """Evaluate the checkpoint or model at ``model_dir`` and store the result; cached per model and config.
+
+    ``progress(phase, fraction)`` is called with the overall fraction done (0..1). ``force``
+    recomputes and replaces a stored record.
+    """
+    config = config or EvalConfig()
+    sm = resolve(store, run, model_dir)
+    name = eval_name(sm, config)
+    if not force:
+        with contextlib.suppress(ArtifactNotFoundError):
+            cached = store.get_eval(run, name)
+            log.info("evaluation %s of %s is stored; reusing it", name, model_dir)
+            if progress is not None:
+                progress("cached", 1.0)
+            return cached
+    start = time.perf_counter()
+    with deterministic(config.seed):
+        metrics, extra = compute(store, sm, config, progress)
+    duration = time.perf_counter() - start
+    try:
+        with store.publish_eval(
+            run,
+            name,
+            model_id=sm.model_dir,
+            overwrite=force,
+            config=config.model_dump(mode="json"),
+            seeds=config.seeds(),
+            metrics=metrics,
+            duration_s=duration,
+            extra=extra,
+        ) as pub:
+            pub.write_bytes("metrics.json", json.dumps(metrics, indent=1, sort_keys=True).encode())
+    except ArtifactExistsError:
+        # Another worker finished the same evaluation first; its numbers are the same.
+        return store.get_eval(run, name)
+    assert pub.manifest is not None
+    log.info("evaluation %s of %s stored (%.1fs)", name, model_dir, duration)
+    return pub.manifest

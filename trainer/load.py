@@ -1,0 +1,177 @@
+"""Stored models out of the store, rebuilt for inference, SFT, evaluation or export.
+
+A *model dir* is the store-relative directory of a checkpoint (``runs/r/checkpoints/000…``) or of an
+annealed/baseline model (``runs/r/models/name``). Both hold full tensors under megatron's local-spec
+names (one ``model.safetensors`` or HF-style shards), and the run manifest says the shape and
+where the tokenizer is, so the same code reads both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from megatron.core.models.gpt import GPTModel
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from trainer.config import DataConfig, ModelConfig
+from trainer.distributed import init_distributed
+from trainer.model import build_model
+from trainer.runinfo import run_model_config, tokenizer_store_path
+from trainer.tokenizer import load_tokenizer
+from trainer.weights import load_full_state_dict
+from wsm.store import CheckpointManifest, ModelManifest, RunManifest, Store, checkpoint_name
+
+_DIR = re.compile(r"^runs/(?P<run>[^/]+)/(?P<kind>checkpoints|models)/(?P<name>[^/]+)$")
+
+
+@dataclass
+class StoredModel:
+    """Everything needed to rebuild a stored model: its manifest, the run's shape and tokenizer."""
+
+    run: RunManifest
+    model_dir: str
+    manifest: CheckpointManifest | ModelManifest
+    model_cfg: ModelConfig
+    padded_vocab: int
+    tokenizer_path: Path
+
+    @property
+    def weight_sha256(self) -> list[str]:
+        """sha256 of every weights file, by file name: what the evaluation cache key is built from."""
+        return [
+            f.sha256
+            for f in sorted(self.manifest.files, key=lambda f: f.name)
+            if f.name.endswith(".safetensors") and not f.name.startswith("train_state")
+        ]
+
+    def tokenizer(self) -> Tokenizer:
+        return load_tokenizer(self.tokenizer_path)
+
+    @property
+    def vocab_size(self) -> int:
+        """Real vocabulary (the tokenizer's), without the padded rows."""
+        return int(
+            self.run.tokenizer.get("vocab_size") or self.tokenizer().get_vocab_size(with_added_tokens=True)
+        )
+
+
+def split_model_dir(model_dir: str) -> tuple[str, str, str]:
+    """``(run, "checkpoints" | "models", name)`` of a store-relative model dir; ValueError otherwise."""
+    m = _DIR.match(model_dir.strip().rstrip("/"))
+    if not m:
+        raise ValueError(
+            f"{model_dir!r} is not a model dir (runs/<run>/checkpoints/<tokens> or runs/<run>/models/<name>)"
+        )
+    return m["run"], m["kind"], m["name"]
+
+
+def resolve(store: Store, run: str, model_dir: str, cache_dir: str | None = None) -> StoredModel:
+    """Read the manifests of ``model_dir`` (which must belong to ``run``) and fetch the run's tokenizer."""
+    dir_run, kind, name = split_model_dir(model_dir)
+    if dir_run != run:
+        raise ValueError(f"{model_dir!r} is not in run {run!r}")
+    manifest: CheckpointManifest | ModelManifest
+    if kind == "checkpoints":
+        if not name.isdigit():
+            raise ValueError(f"{model_dir!r}: a checkpoint directory is named by its token count")
+        manifest = store.get_checkpoint(run, int(name))
+    else:
+        manifest = store.get_model(run, name)
+    run_manifest = store.get_run(run)
+    model_cfg, padded = run_model_config(run_manifest)
+    return StoredModel(
+        run_manifest,
+        manifest.dir,
+        manifest,
+        model_cfg,
+        padded,
+        fetch_tokenizer(store, run_manifest, cache_dir),
+    )
+
+
+def fetch_tokenizer(store: Store, run: RunManifest, cache_dir: str | None = None) -> Path:
+    """The run's ``tokenizer.json`` in the local cache, keyed by its sha256 (a stable path, so data
+    caches keyed by the tokenizer file stay valid across evaluations)."""
+    sha = str(run.tokenizer.get("sha256") or "")
+    base = Path(cache_dir or DataConfig().cache_dir).expanduser() / "tokenizers"
+    target = base / f"{sha or run.run}.json"
+    if sha and target.is_file():
+        return target
+    data = store.read_bytes(str(run.tokenizer.get("file") or tokenizer_store_path(run.run)))
+    if sha and hashlib.sha256(data).hexdigest() != sha:
+        raise ValueError(f"run {run.run}: stored tokenizer does not match the sha256 in the run manifest")
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=base, delete=False, suffix=".tmp") as fh:
+        fh.write(data)
+    Path(fh.name).replace(target)
+    return target
+
+
+def load_weights(store: Store, manifest: CheckpointManifest | ModelManifest) -> dict[str, torch.Tensor]:
+    """Full canonical tensors of a checkpoint or model (single file or shards), size-verified."""
+    names = [
+        f.name
+        for f in manifest.files
+        if f.name.endswith(".safetensors") and not f.name.startswith("train_state")
+    ]
+    if not names:
+        raise ValueError(f"{manifest.dir} has no safetensors weights")
+    store.verify(manifest, full=False, names=names)
+    out: dict[str, torch.Tensor] = {}
+    with tempfile.TemporaryDirectory(prefix="wsm-eval-") as tmp:
+        for name in sorted(names):
+            local = store.local_path(manifest.path(name))
+            if local is None:
+                local = str(Path(tmp) / name)
+                store.download(manifest, name, local)
+            # load_file copies into memory, so the temporary download may go away afterwards.
+            out.update(load_file(local, device="cpu"))
+    return out
+
+
+def build_stored_model(store: Store, sm: StoredModel, device: torch.device) -> GPTModel:
+    """The megatron model with the stored weights, fp32, in eval mode on ``device``.
+
+    Built with the local (non-TE) spec even on GPU: sharpness needs double backward, which fused
+    kernels lack, and evaluation should not depend on which fused kernels a machine has.
+    """
+    init_distributed(1, cuda=False)
+    model = build_model(sm.model_cfg, sm.padded_vocab, cuda=False)
+    load_full_state_dict(model, load_weights(store, sm.manifest))
+    return model.to(device).eval()
+
+
+def model_dir(run: str, *, tokens: int | None = None, model: str | None = None) -> str:
+    """The store-relative dir of checkpoint ``tokens`` or of model ``model`` of ``run``."""
+    if (tokens is None) == (model is None):
+        raise ValueError("name exactly one of a checkpoint (tokens) or a model")
+    return (
+        f"runs/{run}/models/{model}"
+        if model is not None
+        else f"runs/{run}/checkpoints/{checkpoint_name(tokens or 0)}"
+    )
+
+
+def load_run_model(
+    store: Store, run: str, *, tokens: int | None = None, model: str | None = None, cuda: bool = False
+) -> GPTModel:
+    """A single-process (TP=1) model of ``run`` with the chosen weights loaded strictly, in eval mode.
+
+    The default is the newest checkpoint.
+    """
+    if tokens is None and model is None:
+        latest = store.latest_checkpoint(run)
+        if latest is None:
+            raise ValueError(f"run {run!r} has no checkpoints")
+        tokens = latest.tokens
+    sm = resolve(store, run, model_dir(run, tokens=tokens, model=model))
+    init_distributed(1, cuda=cuda)
+    gpt = build_model(sm.model_cfg, sm.padded_vocab, cuda=cuda)
+    load_full_state_dict(gpt, load_weights(store, sm.manifest))
+    return gpt.eval()

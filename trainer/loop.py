@@ -1,0 +1,389 @@
+"""The training loop: setup (data, model, engine, schedule, resume) and steps with async checkpoints.
+
+Step ``s`` (0-based) consumes the samples of step ``s`` (see :mod:`trainer.data`) and runs with
+the LR of scheduler step ``s+1``. After step ``s`` the run has seen ``(s+1) × tokens_per_step``
+tokens; a checkpoint is due at the first step whose token count reaches the next multiple of
+``save_every``, and is named by its token count in the store. Checkpoints thus stay within one
+step of the grid however long the run is (a fixed step count would drift off it), which is what
+lets a merge on ``--interval 25B`` find them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from trainer.checkpoint import AsyncSaver, Snapshot, load_checkpoint, load_weights_into, snapshot_weights
+from trainer.config import TrainConfig
+from trainer.data import BatchSource, PreparedData, build_datasets, epoch_samples, prepare_data
+from trainer.distributed import DistInfo, barrier, broadcast_object, dp_group, init_distributed, tp_group
+from trainer.engine import CPUEngine, GPUEngine
+from trainer.metrics import MetricsSink
+from trainer.model import build_model, count_parameters, padded_vocab_size
+from trainer.runinfo import describe_run, ensure_run
+from trainer.schedule import ScheduleSpec, build_scheduler, resolve_schedule
+from trainer.signals import StopFlag
+from trainer.units import format_tokens, parse_tokens, tokens_to_steps
+from wsm.store import CheckpointManifest, Store, open_store
+
+log = logging.getLogger(__name__)
+
+# Sample horizon prepared for runs without an end: 100 passes, capped; beyond it the order repeats.
+_HORIZON_EPOCHS = 100
+_HORIZON_CAP = 2**25
+
+
+def use_cuda(cfg: TrainConfig) -> bool:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but CUDA is not available")
+    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def prepare_on_main(cfg: TrainConfig, info: DistInfo) -> PreparedData:
+    """Rank 0 builds the cache; the others wait and then read it (cache hit)."""
+    prepared = prepare_data(cfg.data) if info.is_main else None
+    barrier()
+    return prepared if prepared is not None else prepare_data(cfg.data)
+
+
+def horizon_samples(prepared: PreparedData, cfg: TrainConfig) -> int:
+    """Training samples the shuffle is built for: a function of the corpus only, never of train_tokens,
+    so extending a run, resuming it or branching it keeps the same data order."""
+    per_epoch = epoch_samples(prepared, cfg.model.seq_length, cfg.data.valid_fraction)
+    return max(per_epoch, min(_HORIZON_EPOCHS * per_epoch, _HORIZON_CAP))
+
+
+@dataclass
+class TrainResult:
+    """What a call to :meth:`Trainer.train` did (rank-local; losses are DP-averaged at log steps)."""
+
+    start_step: int
+    step: int
+    tokens: int
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    checkpoints: list[int] = field(default_factory=list)
+    stalls_s: list[float] = field(default_factory=list)
+    step_times_s: list[float] = field(default_factory=list)
+    stopped_by_signal: bool = False
+    final_snapshot: Snapshot | None = None
+
+
+class Trainer:
+    """A configured run on this process; :meth:`train` runs it until done or stopped."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        store: Store | None = None,
+        schedule: ScheduleSpec | None = None,
+        save_checkpoints: bool = True,
+        start_from: CheckpointManifest | None = None,
+        stop_step: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.cuda = use_cuda(cfg)
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.cuda)
+        if self.bf16 and not self.cuda:
+            raise ValueError("precision=bf16 needs CUDA (megatron's CPU backward fails under bf16 autocast)")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.info = init_distributed(cfg.parallel.tensor_parallel, cuda=self.cuda)
+        self.store = store or open_store(cfg.store)
+        self.save_checkpoints = save_checkpoints
+        self.spec = schedule or resolve_schedule(cfg)
+        self.tokens_per_step = cfg.tokens_per_step
+        self.save_every_tokens = parse_tokens(cfg.checkpoint.save_every, name="save_every")
+        self.stop_step = stop_step
+        if stop_step is None and cfg.train_tokens is not None:
+            self.stop_step = tokens_to_steps(
+                parse_tokens(cfg.train_tokens, name="train_tokens"), self.tokens_per_step
+            )
+
+        self.prepared = prepare_on_main(cfg, self.info)
+        datasets = build_datasets(
+            self.prepared,
+            seq_length=cfg.model.seq_length,
+            seed=cfg.seed,
+            train_samples=horizon_samples(self.prepared, cfg),
+            valid_samples=cfg.data.valid_samples,
+            valid_fraction=cfg.data.valid_fraction,
+        )
+        self.source = BatchSource(
+            datasets.train,
+            global_batch=cfg.global_batch_size,
+            micro_batch=cfg.micro_batch_size,
+            dp_rank=self.info.dp_rank,
+            dp_size=self.info.dp_size,
+        )
+        self.valid = datasets.valid
+        self.vocab = padded_vocab_size(self.prepared.vocab_size, cfg.model.vocab_multiple, self.info.tp_size)
+        self.model = build_model(
+            cfg.model,
+            self.vocab,
+            seed=cfg.seed,
+            tensor_parallel=self.info.tp_size,
+            cuda=self.cuda,
+            bf16=self.bf16,
+        )
+        self.engine: CPUEngine | GPUEngine = (
+            GPUEngine(self.model, cfg.optim, self.info, bf16=self.bf16)
+            if self.cuda
+            else CPUEngine(self.model, cfg.optim, self.info)
+        )
+        self.step = 0
+        self.last_saved_step = -1
+        self.desc = describe_run(cfg, self.prepared, self.spec, self.vocab)
+        if save_checkpoints and self.info.is_main:
+            ensure_run(self.store, cfg, self.prepared, self.desc)
+        barrier()
+        self._resume(start_from)
+        self.scheduler = build_scheduler(self.engine.param_groups_owner, self.spec, steps_done=self.step)
+        self.metrics = (
+            MetricsSink(self.store, cfg.run, tensorboard=cfg.tensorboard)
+            if self.info.is_main and save_checkpoints
+            else None
+        )
+        self.saver = (
+            AsyncSaver(
+                self.store, cfg.run, retries=cfg.checkpoint.upload_retries, on_published=self._after_publish
+            )
+            if self.info.is_main
+            else None
+        )
+        log.info(
+            "model: %s parameters/rank (vocab %d), %s, TP=%d DP=%d, %s tokens/step, checkpoint every %s tokens",
+            f"{count_parameters(self.model):,}",
+            self.vocab,
+            "cuda/bf16" if self.bf16 else ("cuda" if self.cuda else "cpu/fp32"),
+            self.info.tp_size,
+            self.info.dp_size,
+            format_tokens(self.tokens_per_step),
+            format_tokens(self.save_every_tokens),
+        )
+
+    # -- resume -------------------------------------------------------------------------------
+    def _resume(self, start_from: CheckpointManifest | None) -> None:
+        target = start_from
+        if target is None and self.cfg.checkpoint.resume and self.save_checkpoints:
+            latest = self.store.latest_checkpoint(self.cfg.run) if self.info.is_main else None
+            target = broadcast_object(latest)  # type: ignore[assignment]
+        if target is None:
+            return
+        ckpt = load_checkpoint(self.store, target)
+        if ckpt.state.get("tokens_per_step") != self.tokens_per_step:
+            raise ValueError(
+                f"{target.dir}: written with {ckpt.state.get('tokens_per_step')} tokens/step, "
+                f"config has {self.tokens_per_step}"
+            )
+        load_weights_into(self.model, ckpt.weights, tp_rank=self.info.tp_rank, tp_size=self.info.tp_size)
+        self.step = int(ckpt.state["step"])
+        self.last_saved_step = self.step
+        self.engine.restore_optimizer(ckpt.optim, ckpt.megatron_optim, int(ckpt.state["adam_step"]))
+        log.info(
+            "resumed from %s: step %d, %s tokens",
+            target.dir,
+            self.step,
+            format_tokens(self.step * self.tokens_per_step),
+        )
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def snapshot(self, extra: dict[str, Any] | None = None) -> Snapshot | None:
+        """Collective: full weights and training state on rank 0 (None elsewhere)."""
+        weights = snapshot_weights(self.model, tp_group=tp_group(), tp_size=self.info.tp_size)
+        optim, megatron_optim = self.engine.snapshot_optimizer()
+        if not self.info.is_main:
+            return None
+        tokens = self.step * self.tokens_per_step
+        state = {
+            "step": self.step,
+            "tokens": tokens,
+            "adam_step": self.step,
+            "tokens_per_step": self.tokens_per_step,
+            "consumed_samples": self.step * self.cfg.global_batch_size,
+            "scheduler_steps": self.scheduler.num_steps,
+            "schedule": self.spec.to_json(),
+            "seed": self.cfg.seed,
+            "data_fingerprint": self.prepared.fingerprint,
+            "world_size": self.info.world_size,
+            "tensor_parallel": self.info.tp_size,
+        }
+        return Snapshot(
+            tokens=tokens,
+            step=self.step,
+            weights=weights,
+            optim=optim,
+            state=state,
+            extra=dict(extra or {}),
+            megatron_optim=megatron_optim,
+        )
+
+    def _after_publish(self, manifest: CheckpointManifest, snap: Snapshot) -> None:
+        if self.metrics is not None:
+            self.metrics.flush(snap.metrics)
+
+    def _save(self, result: TrainResult, extra: dict[str, Any], *, sync: bool) -> None:
+        start = time.perf_counter()
+        self.last_saved_step = self.step
+        snap = self.snapshot(extra)
+        if snap is None or self.saver is None:
+            return
+        snap.metrics = self.metrics.take() if self.metrics is not None else []
+        if sync:
+            self.saver.save_now(snap)
+            return
+        waited = self.saver.submit(snap)
+        stall = time.perf_counter() - start
+        result.stalls_s.append(stall)
+        result.checkpoints.append(snap.tokens)
+        log.info(
+            "checkpoint %s tokens: stall %.3fs (%.3fs waiting for the previous save)",
+            format_tokens(snap.tokens),
+            stall,
+            waited,
+        )
+
+    # -- validation ---------------------------------------------------------------------------
+    def validation_loss(self) -> float | None:
+        """Mean loss over the held-out samples, split across DP ranks."""
+        if self.valid is None:
+            return None
+        n = len(self.valid)  # type: ignore[arg-type]
+        mb = self.cfg.micro_batch_size
+        total = torch.zeros(2, dtype=torch.float64)
+        for first in range(self.info.dp_rank * mb, n, mb * self.info.dp_size):
+            idx = range(first, min(first + mb, n))
+            items = [self.valid[i] for i in idx]  # type: ignore[index]
+            batch = {
+                k: torch.stack([it[k] for it in items])
+                for k in ("tokens", "labels", "loss_mask", "position_ids")
+            }
+            total += torch.tensor(
+                [float(self.engine.eval_loss(batch)) * len(idx), len(idx)], dtype=torch.float64
+            )
+        if self.info.dp_size > 1:
+            dist.all_reduce(total, group=dp_group())
+        return float(total[0] / total[1]) if total[1] else None
+
+    # -- the loop -----------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        result = TrainResult(start_step=self.step, step=self.step, tokens=self.step * self.tokens_per_step)
+        num_micro = self.source.num_micro
+        window_tokens, window_start = 0, time.perf_counter()
+        with StopFlag() as stop:
+            while self.stop_step is None or self.step < self.stop_step:
+                if self.saver is not None:
+                    self.saver.check()
+                t0 = time.perf_counter()
+                self.scheduler.step(1)
+                lr = float(self.engine.param_groups_owner.param_groups[0]["lr"])
+                step = self.step
+                batches = (self.source.get(step, m) for m in range(num_micro))
+                loss_t, gnorm = self.engine.train_step(batches, num_micro)
+                self.step += 1
+                result.step_times_s.append(time.perf_counter() - t0)
+                result.lrs.append(lr)
+                window_tokens += self.tokens_per_step
+                tokens = self.step * self.tokens_per_step
+                due_save = self.save_checkpoints and self._crossed_save_point(self.step)
+                stop_now = self._stop_requested(stop)
+                if self.step % self.cfg.log_every == 0 or due_save or stop_now or self.step == self.stop_step:
+                    loss = self._dp_mean(float(loss_t))
+                    result.losses.append(loss)
+                    elapsed = time.perf_counter() - window_start
+                    tps = window_tokens / elapsed if elapsed > 0 else 0.0
+                    window_tokens, window_start = 0, time.perf_counter()
+                    self._log(tokens, loss, lr, gnorm, tps)
+                    if self.metrics is not None:
+                        self.metrics.add(
+                            {
+                                "step": self.step,
+                                "tokens": tokens,
+                                "loss": loss,
+                                "lr": lr,
+                                "grad_norm": gnorm,
+                                "tokens_per_s": tps,
+                                "time": time.time(),
+                            }
+                        )
+                        if self.metrics.due() and not due_save:
+                            self.metrics.flush()  # rare checkpoints must not hide the curve for long
+                if due_save:
+                    val = self.validation_loss()
+                    if self.metrics is not None and val is not None:
+                        self.metrics.add(
+                            {"step": self.step, "tokens": tokens, "val_loss": val, "time": time.time()}
+                        )
+                    self._save(result, {"lr": lr, "loss": float(loss_t), "val_loss": val}, sync=False)
+                    window_start = time.perf_counter()  # the save is not training throughput
+                if stop_now:
+                    result.stopped_by_signal = True
+                    break
+            self._finish(result, stop)
+        result.step, result.tokens = self.step, self.step * self.tokens_per_step
+        return result
+
+    def _stop_requested(self, stop: StopFlag) -> bool:
+        flag = torch.tensor([1 if stop.requested else 0])
+        if self.info.world_size > 1:
+            # Every rank must leave the loop at the same step (collectives follow).
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _finish(self, result: TrainResult, stop: StopFlag) -> None:
+        if self.saver is not None:
+            # Finish the in-flight save (a second signal abandons it: KeyboardInterrupt).
+            self.saver.wait()
+            self.saver.check()
+        want_final = self.save_checkpoints and (
+            not result.stopped_by_signal or self.cfg.checkpoint.save_on_exit
+        )
+        if want_final and self.step > result.start_step and self.last_saved_step != self.step:
+            self._save(result, {"final": True}, sync=True)
+            result.checkpoints.append(self.step * self.tokens_per_step)
+        if self.metrics is not None:
+            self.metrics.close()
+        barrier()
+
+    def _dp_mean(self, value: float) -> float:
+        if self.info.dp_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, group=dp_group())
+        return float(t.item() / self.info.dp_size)
+
+    def _crossed_save_point(self, step: int) -> bool:
+        """Whether the tokens seen after ``step`` steps reached a multiple of save_every that step."""
+        before, after = (step - 1) * self.tokens_per_step, step * self.tokens_per_step
+        return after // self.save_every_tokens > before // self.save_every_tokens
+
+    def _next_save_tokens(self, step: int) -> int:
+        """Token count of the next checkpoint: the first step boundary at or past the next multiple."""
+        target = (step * self.tokens_per_step // self.save_every_tokens + 1) * self.save_every_tokens
+        return tokens_to_steps(target, self.tokens_per_step) * self.tokens_per_step
+
+    def _log(self, tokens: int, loss: float, lr: float, gnorm: float, tps: float) -> None:
+        if not self.info.is_main:
+            return
+        nxt = ""
+        if self.save_checkpoints:
+            nxt = f" | next ckpt {format_tokens(self._next_save_tokens(self.step))}"
+        log.info(
+            "step %d | tokens %s | loss %.4f | lr %.3e | gnorm %.3f | %s tok/s%s",
+            self.step,
+            format_tokens(tokens),
+            loss,
+            lr,
+            gnorm,
+            f"{tps:,.0f}",
+            nxt,
+        )
+        if math.isnan(loss):
+            raise FloatingPointError(f"loss is NaN at step {self.step}")

@@ -1,0 +1,181 @@
+"""Supervised fine-tuning with the WSO paper's recipe (Appendix D) on the pre-training model code.
+
+Defaults follow the paper: full-parameter AdamW, weight decay 0, cosine schedule with linear warmup
+down to LR 0, gradient clipping at 1.0, one epoch, optionally an LR sweep keeping the best run by a
+named metric. Batch size, warmup and precision are configurable (the paper's global batch of 128
+and 100 warmup steps are sized for the Tulu-3 mixture, far larger than the built-in suite).
+
+The LR schedule is megatron's ``OptimizerParamScheduler`` (via :mod:`trainer.schedule`) and the
+optimizer the trainer's AdamW param groups, so SFT and pre-training share every piece that shapes
+an update. Loss is the mean over answer tokens of the batch (see :mod:`trainer.sft_data`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainer.config import OptimConfig
+from trainer.engine import token_loss
+from trainer.optim import build_adamw, clip_gradients, grad_norm
+from trainer.schedule import ScheduleSpec, build_scheduler
+from trainer.sft_data import Example, batches
+
+log = logging.getLogger(__name__)
+
+
+class SFTConfig(BaseModel):
+    """Fine-tuning hyperparameters; defaults are WSO paper Appendix D except batch size and warmup."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    lr: float | None = Field(None, gt=0)
+    """Peak learning rate when ``lr_sweep`` is empty; None: ``lr_factor`` × the run's pre-training peak LR."""
+
+    lr_factor: float = Field(0.5, gt=0)
+    """Default SFT LR as a fraction of the pre-training peak LR (scales from toy models to 8B)."""
+
+    lr_sweep: list[float] = Field(default_factory=list)
+    """Learning rates to try, each from the same starting weights; the best by ``select_metric`` is kept."""
+
+    select_metric: Literal["sft_val_loss", "task_accuracy"] = "sft_val_loss"
+    """Metric that picks the sweep's winner (loss: lowest wins; accuracy: highest wins, loss breaks ties)."""
+
+    batch_size: int = Field(16, ge=1)
+    """Conversations per optimizer step (paper: 128)."""
+
+    epochs: int = Field(1, ge=1)
+    """Passes over the training records (paper: 1)."""
+
+    warmup_steps: int | None = Field(None, ge=0)
+    """Linear warmup in optimizer steps (paper: 100); None uses ``warmup_fraction`` of all steps."""
+
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    """Warmup as a fraction of all steps when ``warmup_steps`` is None."""
+
+    min_lr: float = Field(0.0, ge=0)
+    """LR at the end of the cosine decay (paper: 0)."""
+
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay (paper: 0)."""
+
+    beta1: float = Field(0.9, ge=0, lt=1)
+    """AdamW beta1."""
+
+    beta2: float = Field(0.95, ge=0, lt=1)
+    """AdamW beta2."""
+
+    clip_grad: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this (paper: 1.0; 0 disables)."""
+
+    max_seq_length: int | None = Field(None, ge=8)
+    """Truncate conversations to this many tokens; None uses the model's sequence length."""
+
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on GPU (paper), fp32 on CPU (megatron's CPU backward fails under bf16)."""
+
+    seed: int = 0
+    """Seed of the data order (SFT is otherwise deterministic)."""
+
+
+@dataclass
+class SFTRun:
+    """One fine-tuning run at one LR."""
+
+    lr: float
+    steps: int
+    train_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def use_bf16(cfg: SFTConfig, device: torch.device) -> bool:
+    """Whether to autocast to bf16; refused on CPU where megatron's backward fails with it."""
+    if cfg.precision == "bf16" and device.type != "cuda":
+        raise ValueError("sft.precision=bf16 needs CUDA (megatron's CPU backward fails under bf16 autocast)")
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[object]:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def warmup_steps(cfg: SFTConfig, total: int) -> int:
+    """Warmup length, always leaving at least one decay step (megatron requires decay > warmup)."""
+    w = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_fraction * total)
+    return max(0, min(w, total - 1))
+
+
+def fine_tune(
+    model: torch.nn.Module,
+    train: Sequence[Example],
+    cfg: SFTConfig,
+    *,
+    lr: float,
+    pad_id: int,
+    device: torch.device,
+    progress: Callable[[float], None] | None = None,
+) -> SFTRun:
+    """Fine-tune ``model`` in place for ``cfg.epochs`` epochs at peak ``lr``."""
+    if not train:
+        raise ValueError("no SFT training records")
+    bf16 = use_bf16(cfg, device)
+    epochs = [batches(train, cfg.batch_size, pad_id, seed=cfg.seed + e) for e in range(cfg.epochs)]
+    total = sum(len(e) for e in epochs)
+    optim_cfg = OptimConfig(
+        lr=lr, weight_decay=cfg.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2, clip_grad=cfg.clip_grad
+    )
+    optimizer = build_adamw(model, optim_cfg)
+    spec = ScheduleSpec("cosine", lr, cfg.min_lr, warmup_steps(cfg, total), total)
+    scheduler = build_scheduler(optimizer, spec)
+    run = SFTRun(lr=lr, steps=total)
+    start = time.perf_counter()
+    model.train()
+    step = 0
+    for epoch in epochs:
+        for batch in epoch:
+            # Advance first: the LR of step k is scheduler position k (see trainer.schedule).
+            scheduler.step(1)
+            with autocast(device, bf16):
+                loss = token_loss(model, batch, device)
+            loss.backward()  # type: ignore[no-untyped-call]
+            clip_gradients(model, cfg.clip_grad, grad_norm(model, None, 0, 1))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"SFT loss became {value} at step {step + 1} (lr={lr:g}); lower the LR"
+                )
+            run.train_losses.append(value)
+            step += 1
+            if progress is not None:
+                progress(step / total)
+            if step % 20 == 0 or step == total:
+                log.info("sft lr=%g step %d/%d loss %.4f", lr, step, total, value)
+    run.seconds = time.perf_counter() - start
+    model.eval()
+    return run
+
+
+@torch.no_grad()
+def sft_loss(
+    model: torch.nn.Module, examples: Sequence[Example], *, batch_size: int, pad_id: int, device: torch.device
+) -> float:
+    """Mean loss per answer token over ``examples`` (every token weighs the same)."""
+    model.eval()
+    total, count = 0.0, 0.0
+    for batch in batches(examples, batch_size, pad_id, seed=None):
+        n = float(batch["loss_mask"].sum())
+        total += float(token_loss(model, batch, device)) * n
+        count += n
+    if not count:
+        raise ValueError("held-out SFT records have no answer tokens")
+    return total / count
