@@ -1,0 +1,67 @@
+"""The FastAPI application factory: ``api.app:create_app(settings=None)``.
+
+Routes only validate and enqueue; merging and evaluation happen in Celery workers (merger/).
+``enqueuer`` and ``store`` can be injected (route tests pass a fake enqueuer).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+import wsm
+from api import errors
+from api.enqueue import CeleryEnqueuer, Enqueuer
+from api.limits import BodySizeLimit
+from api.listing import CachedListing
+from api.routes import anneal, health, models, runs
+from wsm.settings import Settings, get_settings
+from wsm.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Annealing as a service for never-decaying (WSO) pre-training runs.
+
+`POST /anneal` merges a window of checkpoints with weights from Theorem 3.1 of the WSM paper,
+publishes the annealed model and evaluates it and the plain WSO checkpoint. Model ids are
+`<run>:<name>`. Mutating endpoints need `Authorization: Bearer <WSM_API_TOKEN>` when a token is set.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    enqueuer: Enqueuer | Callable[[], Enqueuer] | None = None,
+) -> FastAPI:
+    """Build the API. ``enqueuer`` is an Enqueuer or a zero-argument factory of one (default: Celery)."""
+    settings = settings or get_settings()
+    app = FastAPI(title="wsm", version=wsm.__version__, description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.store = store or open_store(settings=settings)
+    app.state.listing = CachedListing(app.state.store, ttl_s=settings.api_listing_ttl_s)
+    if enqueuer is None:
+        # Built on first use: the app starts (and serves reads) even if the broker is down.
+        app.state.enqueuer_factory = functools.lru_cache(maxsize=1)(lambda: CeleryEnqueuer(settings))
+    elif callable(enqueuer) and not hasattr(enqueuer, "enqueue"):
+        app.state.enqueuer_factory = enqueuer
+    else:
+        app.state.enqueuer_factory = lambda: enqueuer
+    errors.install(app)
+    for module in (anneal, runs, models, health):
+        app.include_router(module.router)
+    _mount_dashboard(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    return app
+
+
+def _mount_dashboard(app: FastAPI) -> None:
+    try:
+        from api.dashboard import mount_dashboard
+    except ImportError:  # the dashboard is optional for the API itself
+        log.info("dashboard not available; serving the API only")
+        return
+    mount_dashboard(app)

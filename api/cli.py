@@ -1,0 +1,61 @@
+"""``wsm serve``: run the API (and dashboard) with uvicorn.
+
+Without ``WSM_API_TOKEN`` the server refuses to listen beyond loopback: mutating endpoints would
+be open to anyone who can reach it. It says so at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("wsm.serve")
+
+LOOPBACK = "127.0.0.1"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the HTTP API and dashboard",
+        description="Serve the anneal API (FastAPI + uvicorn). Auth: WSM_API_TOKEN; without it, loopback only.",
+    )
+    parser.add_argument("--host", default=None, help="bind address (default WSM_API_HOST, 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default WSM_API_PORT, 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.set_defaults(func=run)
+
+
+def bind_host(requested: str, token: str | None) -> str:
+    """The address to bind: ``requested``, or loopback when no token protects the API."""
+    if token or requested in (LOOPBACK, "localhost", "::1"):
+        return requested
+    log.warning(
+        "WSM_API_TOKEN is not set: binding to %s only (not %s); set a token to serve other hosts",
+        LOOPBACK,
+        requested,
+    )
+    return LOOPBACK
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from wsm.settings import get_settings
+
+    settings = get_settings()
+    host = bind_host(args.host or settings.api_host, settings.api_token)
+    port = args.port or settings.api_port
+    if not settings.api_token:
+        log.warning("no WSM_API_TOKEN: mutating endpoints are unauthenticated; listening on loopback only")
+    log.info("serving the API on http://%s:%d", host, port)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+    return 0

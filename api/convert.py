@@ -1,0 +1,114 @@
+"""Store manifests and job records to API response models (api/schemas.py)."""
+
+from __future__ import annotations
+
+from api.schemas import (
+    CheckpointOut,
+    EvalOut,
+    JobEvaluations,
+    JobOut,
+    ModelOut,
+    RunSummary,
+    SelectionOut,
+    SourceOut,
+)
+from merger.jobs import JobRecord
+from wsm.store import CheckpointManifest, EvalManifest, ModelManifest, RunManifest, layout
+
+MODEL_ID_SEP = ":"
+
+
+def model_id(run: str, name: str) -> str:
+    """``<run>:<name>``; ``:`` is not allowed in store names, so the id splits unambiguously."""
+    return f"{run}{MODEL_ID_SEP}{name}"
+
+
+def split_model_id(value: str) -> tuple[str, str]:
+    """Inverse of :func:`model_id`; ValueError names the expected format."""
+    run, sep, name = value.partition(MODEL_ID_SEP)
+    if not sep or not run or not name:
+        raise ValueError(
+            f"model id {value!r} must look like '<run>:<name>', e.g. 'r1:anneal-1-sqrt-80B-at-100B-1a2b3c4d'"
+        )
+    return run, name
+
+
+def job_out(record: JobRecord, status_url: str) -> JobOut:
+    spec = record.spec
+    evals = {k: EvalOut.model_validate(v) for k, v in record.evals.items() if k in ("anneal", "baseline")}
+    return JobOut(
+        job_id=record.job_id,
+        run=spec.run,
+        state=record.state,
+        stage=record.stage,
+        progress=round(record.progress, 2),
+        message=record.message,
+        error=record.error,
+        evaluate=spec.evaluate,
+        selection=SelectionOut.model_validate(spec.selection),
+        model_name=spec.model_name,
+        model_id=model_id(spec.run, spec.model_name) if record.model_published else None,
+        evaluations=JobEvaluations(**evals),
+        attempts=record.attempts,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        heartbeat_at=record.heartbeat_at,
+        finished_at=record.finished_at,
+        status_url=status_url,
+    )
+
+
+def run_summary(run: RunManifest, checkpoints: list[CheckpointManifest]) -> RunSummary:
+    return RunSummary(
+        run=run.run,
+        description=run.description,
+        created_at=run.created_at,
+        checkpoints=len(checkpoints),
+        latest_tokens=checkpoints[-1].tokens if checkpoints else None,
+    )
+
+
+def checkpoint_out(m: CheckpointManifest) -> CheckpointOut:
+    names = {f.name for f in m.files}
+    return CheckpointOut(
+        run=m.run,
+        tokens=m.tokens,
+        step=m.step,
+        created_at=m.created_at,
+        bytes=m.total_bytes,
+        sha256=m.file(layout.MODEL_FILE).sha256 if layout.MODEL_FILE in names else None,
+        extra=m.extra,
+    )
+
+
+def model_out(m: ModelManifest, weights_url: str) -> ModelOut:
+    return ModelOut(
+        id=model_id(m.run, m.name),
+        run=m.run,
+        name=m.name,
+        kind=m.kind,
+        tokens=m.tokens,
+        dtype=m.dtype,
+        curve=m.curve,
+        window_start=m.window.start_tokens if m.window else None,
+        window_end=m.window.end_tokens if m.window else None,
+        sources=[SourceOut(tokens=s.tokens, sha256=s.sha256, c=s.c, w=s.w) for s in m.sources],
+        files=[f.name for f in m.files],
+        bytes=m.total_bytes,
+        timings=m.timings,
+        created_at=m.created_at,
+        weights_url=weights_url,
+    )
+
+
+def eval_out(m: EvalManifest) -> EvalOut:
+    return EvalOut(
+        name=m.name,
+        run=m.run,
+        model_dir=m.model_id,
+        metrics=m.metrics,
+        config=m.config,
+        seeds=m.seeds,
+        duration_s=m.duration_s,
+        created_at=m.created_at,
+    )

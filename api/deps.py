@@ -1,0 +1,65 @@
+"""Request-scoped dependencies: the app's store, settings and enqueuer, and the bearer-token guard."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.enqueue import Enqueuer
+from api.errors import ApiError
+from api.listing import CachedListing
+from wsm.settings import Settings
+from wsm.store import Store, validate_name
+
+_bearer = HTTPBearer(auto_error=False, description="WSM_API_TOKEN, required on mutating endpoints when set")
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def get_listing(request: Request) -> CachedListing:
+    listing: CachedListing = request.app.state.listing
+    return listing
+
+
+def get_enqueuer(request: Request) -> Enqueuer:
+    enqueuer: Enqueuer = request.app.state.enqueuer_factory()
+    return enqueuer
+
+
+def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Mutating endpoints: the bearer token must equal ``WSM_API_TOKEN`` (if one is configured)."""
+    expected = get_settings(request).api_token
+    if not expected:
+        return  # no token configured: `wsm serve` binds to loopback only
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token: send 'Authorization: Bearer <WSM_API_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def run_name(run: str) -> str:
+    """A path's run name, validated by the store's naming rules (400 otherwise)."""
+    return validate_name(run, "run name")
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+ListingDep = Annotated[CachedListing, Depends(get_listing)]

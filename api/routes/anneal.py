@@ -1,0 +1,100 @@
+"""``/anneal``: request an anneal (validate, resolve the window, enqueue) and follow its job."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from api import service
+from api.convert import job_out
+from api.deps import EnqueuerDep, ListingDep, SettingsDep, StoreDep, require_token, run_name
+from api.enqueue import BrokerUnavailable
+from api.errors import ApiError, responses
+from api.schemas import AnnealAccepted, AnnealRequest, JobList, JobOut
+from merger import jobs, pipeline
+from wsm.store import validate_name
+
+router = APIRouter(tags=["anneal"])
+
+
+def _status_url(request: Request, job_id: str) -> str:
+    return str(request.url_for("get_job", job_id=job_id))
+
+
+@router.post(
+    "/anneal",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=AnnealAccepted,
+    dependencies=[Depends(require_token)],
+    responses={
+        200: {"description": "The job already finished", "model": AnnealAccepted},
+        **responses(401, 404, 409, 413, 422, 503),
+    },
+    summary="Anneal a window of a run's checkpoints",
+)
+def post_anneal(
+    body: AnnealRequest,
+    request: Request,
+    response: Response,
+    store: StoreDep,
+    settings: SettingsDep,
+    enqueuer: EnqueuerDep,
+    listing: ListingDep,
+) -> AnnealAccepted:
+    """Resolve the window to checkpoints and weights (Theorem 3.1), create the job and enqueue it.
+
+    Idempotent: the same run, curve, checkpoints and evaluation settings give the same job id; a
+    finished job is returned at once (200), a new or running one with 202.
+    """
+    curve = pipeline.curve_spec(body.curve, alpha=body.alpha, floor=body.floor)
+    run = validate_name(body.run, "run name") if body.run is not None else None
+    spec = pipeline.resolve(
+        listing,
+        curve=curve,
+        window=body.window,
+        run=run,
+        interval=body.interval,
+        count=body.count,
+        end=body.end,
+        evaluate=body.evaluate,
+        eval_config=settings.eval_config,
+    )
+    try:
+        record, created = service.submit(store, spec, enqueuer)
+    except BrokerUnavailable as e:
+        raise ApiError(503, "broker_unavailable", f"{e}; the job was not queued, try again later") from e
+    if record.state == "done":
+        response.status_code = status.HTTP_200_OK
+    out = job_out(record, _status_url(request, record.job_id))
+    return AnnealAccepted(**out.model_dump(), created=created)
+
+
+@router.get(
+    "/anneal/{job_id}",
+    response_model=JobOut,
+    name="get_job",
+    responses=responses(400, 404),
+    summary="A job's stage, progress, error, model and evaluations",
+)
+def get_job(job_id: str, request: Request, store: StoreDep) -> JobOut:
+    validate_name(job_id, "job id")
+    record = service.find_job(store, job_id)
+    if record is None:
+        raise ApiError(404, "unknown_job", f"no job {job_id!r}; list jobs with GET /anneal?run=<run>")
+    return job_out(record, _status_url(request, job_id))
+
+
+@router.get(
+    "/anneal", response_model=JobList, responses=responses(400, 404), summary="Jobs of a run (or of all runs)"
+)
+def list_jobs(
+    request: Request,
+    store: StoreDep,
+    run: str | None = Query(default=None, description="Run name; default: every run."),
+) -> JobList:
+    if run is not None:
+        names = [pipeline.choose_run(store, run_name(run))]
+    else:
+        names = [r.run for r in store.list_runs()]
+    records = [r for name in names for r in jobs.list_jobs(store, name)]
+    records.sort(key=lambda r: r.created_at, reverse=True)
+    return JobList(jobs=[job_out(r, _status_url(request, r.job_id)) for r in records])

@@ -1,0 +1,32 @@
+"""``/healthz``: is the store readable, does the broker answer (reported separately)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from api.deps import EnqueuerDep, StoreDep
+from api.schemas import ComponentHealth, Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"description": "Degraded", "model": Health}},
+    summary="Health of the store and of the broker",
+)
+def healthz(response: Response, store: StoreDep, enqueuer: EnqueuerDep) -> Health:
+    try:
+        runs = store.list_runs()
+        store_health = ComponentHealth(ok=True, detail=f"{store.url}: {len(runs)} run(s)")
+    except Exception as e:  # any failure to list is "store down", whatever the backend raised
+        store_health = ComponentHealth(ok=False, detail=f"{store.url}: {type(e).__name__}: {e}")
+    try:
+        broker_health = ComponentHealth(ok=True, detail=enqueuer.ping())
+    except Exception as e:
+        broker_health = ComponentHealth(ok=False, detail=str(e))
+    ok = store_health.ok and broker_health.ok
+    if not ok:
+        response.status_code = 503
+    return Health(status="ok" if ok else "degraded", store=store_health, broker=broker_health)

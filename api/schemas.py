@@ -1,0 +1,278 @@
+"""Request and response models of the HTTP API (the OpenAPI schema is generated from these).
+
+This module is a contract: the dashboard (api/dashboard.py, api/static/) and ``wsm anneal`` read
+these shapes. Fields are only ever added, never renamed or retyped. Every field is typed and
+described so the OpenAPI document is complete.
+
+Model ids: an annealed or baseline model is addressed as ``<run>:<name>`` (``:`` can never occur
+in a store name, so the split is unambiguous), e.g. ``r1:anneal-1-sqrt-80B-at-100B-1a2b3c4d``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobState = Literal["queued", "running", "done", "failed"]
+JobStage = Literal[
+    "queued",
+    "resolving",
+    "merging",
+    "publishing",
+    "waiting_eval",
+    "evaluating_anneal",
+    "evaluating_baseline",
+    "done",
+    "failed",
+]
+TokenCount = int | str
+MAX_COEFFICIENTS = 4096
+
+
+class AnnealRequest(BaseModel):
+    """``POST /anneal``: anneal a window of a run's checkpoints along a decay curve."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    curve: str | list[float] = Field(
+        default="1-sqrt",
+        description=(
+            "Decay curve: a name (linear, cosine, 1-sqrt, exponential, ema, constant; aliases minus_sqrt, "
+            "mean, wso, none) or the explicit non-increasing decay coefficients w_1..w_k of a custom curve "
+            "(k+1 checkpoints are then merged)."
+        ),
+        examples=["1-sqrt", [0.75, 0.5, 0.25]],
+        max_length=MAX_COEFFICIENTS,
+    )
+    window: TokenCount = Field(
+        description="Window width in tokens: an integer or a size like '80B', '200k'.", examples=["80B"]
+    )
+    run: str | None = Field(
+        default=None, description="Run name; default: the only run, or the one with the newest checkpoint."
+    )
+    interval: TokenCount | None = Field(
+        default=None,
+        description="Merge checkpoints on this spacing (tokens); default: every checkpoint in the window.",
+    )
+    count: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Number of checkpoints (interval = window / count); excludes interval.",
+    )
+    end: TokenCount | None = Field(
+        default=None, description="Window end in tokens; default: the run's newest checkpoint."
+    )
+    floor: float = Field(default=0.0, ge=0.0, lt=1.0, description="Decay to this fraction of the peak LR.")
+    alpha: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="EMA weight on the newest checkpoint (curve 'ema' only)."
+    )
+    evaluate: bool = Field(
+        default=True,
+        description="Also run the SFT evaluation of the annealed model and of the WSO checkpoint.",
+    )
+
+
+class CheckpointWeight(BaseModel):
+    """One checkpoint chosen for a merge and its weights (WSM paper, Theorem 3.1)."""
+
+    tokens: int = Field(description="Training tokens of the checkpoint.")
+    sha256: str | None = Field(default=None, description="sha256 of the checkpoint's weights.")
+    c: float = Field(description="Merge coefficient c_j of this checkpoint (coefficients sum to 1).")
+    w: float | None = Field(
+        default=None,
+        description="Decay coefficient w_j of the segment ending at this checkpoint (None for the oldest).",
+    )
+
+
+class SelectionOut(BaseModel):
+    """The checkpoints a job merges and the window they really cover."""
+
+    curve: dict[str, Any] = Field(description="Curve parameters: name, alpha, floor, coefficients.")
+    curve_label: str = Field(description="Short human label of the curve, e.g. '1-sqrt' or 'ema(α=0.2)'.")
+    window: int = Field(description="Effective window in tokens (window_end - window_start).")
+    requested_window: int = Field(description="Window asked for, in tokens.")
+    window_start: int = Field(description="Start of the effective window, in tokens.")
+    window_end: int = Field(description="End of the window: the newest merged checkpoint, in tokens.")
+    exact: bool = Field(description="Whether the effective window equals the requested one.")
+    checkpoints: list[CheckpointWeight] = Field(description="Chosen checkpoints, oldest first.")
+
+
+class EvalOut(BaseModel):
+    """One evaluation recorded in the store."""
+
+    name: str = Field(description="Evaluation name in the store (runs/<run>/evals/<name>).")
+    run: str = Field(description="Run the evaluated model belongs to.")
+    model_dir: str = Field(description="Store-relative directory of what was evaluated.")
+    metrics: dict[str, float] = Field(description="Metric name to value.")
+    config: dict[str, Any] = Field(description="Evaluation configuration.")
+    seeds: list[int] = Field(description="Seeds used.")
+    duration_s: float = Field(description="Wall-clock seconds the evaluation took.")
+    created_at: datetime = Field(description="When the evaluation was recorded (UTC).")
+
+
+class JobEvaluations(BaseModel):
+    """Both evaluations of a job, once recorded."""
+
+    anneal: EvalOut | None = Field(default=None, description="Evaluation of the annealed (merged) model.")
+    baseline: EvalOut | None = Field(
+        default=None, description="Evaluation of the plain WSO checkpoint at the window's end."
+    )
+
+
+class JobOut(BaseModel):
+    """An anneal job: what it merges, where it is, and what it produced."""
+
+    job_id: str = Field(
+        description="Deterministic id: same run, curve, source checkpoints and eval config = same job."
+    )
+    run: str = Field(description="Run the job anneals.")
+    state: JobState = Field(description="queued, running, done or failed.")
+    stage: JobStage = Field(description="Current pipeline stage.")
+    progress: float = Field(ge=0.0, le=100.0, description="Percent of the current stage done (0-100).")
+    message: str = Field(default="", description="Human-readable status line.")
+    error: str | None = Field(default=None, description="Why the job failed (state 'failed').")
+    evaluate: bool = Field(description="Whether the job evaluates the models.")
+    selection: SelectionOut = Field(description="Chosen checkpoints with c and w, and the effective window.")
+    model_name: str = Field(description="Name the annealed model is (or will be) published under.")
+    model_id: str | None = Field(
+        default=None, description="Id of the published model ('<run>:<name>') once merged."
+    )
+    evaluations: JobEvaluations = Field(default_factory=JobEvaluations, description="Recorded evaluations.")
+    attempts: int = Field(default=0, description="How many times a worker started the job.")
+    created_at: datetime = Field(description="When the job was first requested (UTC).")
+    updated_at: datetime = Field(description="Last change of the record (UTC).")
+    heartbeat_at: datetime | None = Field(
+        default=None, description="Last sign of life of the worker running it."
+    )
+    finished_at: datetime | None = Field(default=None, description="When the job ended (done or failed).")
+    status_url: str = Field(description="URL of GET /anneal/{job_id}.")
+
+
+class AnnealAccepted(JobOut):
+    """Answer to ``POST /anneal``: the job (new, already running, or finished)."""
+
+    created: bool = Field(description="True if this request created the job; false if it already existed.")
+
+
+class JobList(BaseModel):
+    """Jobs of a run, newest first."""
+
+    jobs: list[JobOut] = Field(description="Jobs, newest first.")
+
+
+class RunSummary(BaseModel):
+    """A pre-training run, briefly."""
+
+    run: str = Field(description="Run name.")
+    description: str = Field(description="Free-text description.")
+    created_at: datetime = Field(description="When the run was registered (UTC).")
+    checkpoints: int = Field(description="Number of published checkpoints.")
+    latest_tokens: int | None = Field(description="Tokens of the newest checkpoint, if any.")
+
+
+class RunList(BaseModel):
+    """All runs of the store."""
+
+    runs: list[RunSummary] = Field(description="Runs, sorted by name.")
+
+
+class RunDetail(RunSummary):
+    """A run with its configuration, progress and metrics."""
+
+    model: dict[str, Any] = Field(description="Model configuration (trainer-defined).")
+    tokenizer: dict[str, Any] = Field(description="Tokenizer configuration (trainer-defined).")
+    data: dict[str, Any] = Field(description="Data configuration (trainer-defined).")
+    schedule: dict[str, Any] = Field(description="LR schedule configuration (trainer-defined).")
+    extra: dict[str, Any] = Field(description="Other trainer-defined fields.")
+    latest_step: int | None = Field(description="Optimizer step of the newest checkpoint, if known.")
+    metrics: list[dict[str, Any]] = Field(
+        description="Training metrics records (trainer-defined keys such as tokens, step, loss, lr), oldest first."
+    )
+    metrics_truncated: bool = Field(
+        description="True if only the newest records are returned (see ?metrics_limit)."
+    )
+
+
+class CheckpointOut(BaseModel):
+    """A published checkpoint of a run."""
+
+    run: str = Field(description="Run name.")
+    tokens: int = Field(description="Training tokens at the checkpoint.")
+    step: int | None = Field(description="Optimizer step, if known.")
+    created_at: datetime = Field(description="When it was published (UTC).")
+    bytes: int = Field(description="Total size of its files.")
+    sha256: str | None = Field(description="sha256 of its weights file.")
+    extra: dict[str, Any] = Field(description="Trainer-defined fields (lr, loss, ...).")
+
+
+class CheckpointList(BaseModel):
+    """Checkpoints of a run, oldest first."""
+
+    checkpoints: list[CheckpointOut] = Field(description="Checkpoints, oldest first.")
+
+
+class SourceOut(BaseModel):
+    """One checkpoint merged into a model."""
+
+    tokens: int = Field(description="Training tokens of the source checkpoint.")
+    sha256: str = Field(description="sha256 of its weights.")
+    c: float = Field(description="Merge coefficient c_j.")
+    w: float = Field(description="Decay coefficient w_j from the curve.")
+
+
+class ModelOut(BaseModel):
+    """A published model (annealed or baseline) with its manifest."""
+
+    id: str = Field(description="Model id '<run>:<name>'.")
+    run: str = Field(description="Run name.")
+    name: str = Field(description="Model name within the run.")
+    kind: Literal["anneal", "baseline"] = Field(description="anneal (merged) or baseline (real decay).")
+    tokens: int = Field(description="Training tokens the model stands for.")
+    dtype: str = Field(description="Weights dtype.")
+    curve: dict[str, Any] | None = Field(description="Decay curve (anneal).")
+    window_start: int | None = Field(description="Start of the merged window in tokens (anneal).")
+    window_end: int | None = Field(description="End of the merged window in tokens (anneal).")
+    sources: list[SourceOut] = Field(description="Merged checkpoints with c and w (anneal).")
+    files: list[str] = Field(description="Data files of the model.")
+    bytes: int = Field(description="Total size of its files.")
+    timings: dict[str, float] = Field(description="Seconds per merge phase.")
+    created_at: datetime = Field(description="When it was published (UTC).")
+    weights_url: str = Field(description="URL to download the weights (GET /models/{id}/weights).")
+
+
+class ModelList(BaseModel):
+    """Models of a run, ordered by tokens then name."""
+
+    models: list[ModelOut] = Field(description="Models.")
+
+
+class EvalList(BaseModel):
+    """Evaluations of a run."""
+
+    evals: list[EvalOut] = Field(description="Evaluations.")
+
+
+class ComponentHealth(BaseModel):
+    """Health of one dependency."""
+
+    ok: bool = Field(description="Whether it answered.")
+    detail: str = Field(description="What was checked, or why it failed.")
+
+
+class Health(BaseModel):
+    """``GET /healthz``: the store and the broker, separately."""
+
+    status: Literal["ok", "degraded"] = Field(description="ok if every component is ok.")
+    store: ComponentHealth = Field(description="The checkpoint store.")
+    broker: ComponentHealth = Field(description="The job broker.")
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body."""
+
+    error: str = Field(description="Error type, e.g. 'invalid_request', 'unknown_run', 'broker_unavailable'.")
+    detail: str = Field(description="What is wrong, naming the bad value and the valid choices.")
+    choices: list[str] | None = Field(default=None, description="Valid values, when there is a closed set.")

@@ -1,0 +1,75 @@
+"""Creating jobs: one record per job id, pinned checkpoints, then exactly one enqueue.
+
+Idempotent: the job id is derived from the request's inputs (merger/jobs.py), so asking twice
+returns the existing job. Concurrent identical requests in one API process are serialised per
+job id (only one creates the record and enqueues); across API replicas a duplicate message is
+harmless because the worker locks the job and finds it finished or running.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from datetime import timedelta
+
+from api.enqueue import BrokerUnavailable, Enqueuer
+from merger import jobs
+from merger.jobs import JobRecord, JobSpec, utcnow
+from wsm.store import Store
+
+PIN_TTL = timedelta(days=7)
+"""Safety net: a pin of a job that crashed without cleanup stops protecting after a week."""
+
+_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+_locks_guard = threading.Lock()
+
+
+def _lock_for(job_id: str) -> threading.Lock:
+    with _locks_guard:
+        lock = _locks.get(job_id)
+        if lock is None:
+            lock = threading.Lock()
+            _locks[job_id] = lock
+        return lock
+
+
+def submit(store: Store, spec: JobSpec, enqueuer: Enqueuer) -> tuple[JobRecord, bool]:
+    """The job for ``spec`` and whether this call created (or restarted) it.
+
+    A queued, running or done job is returned as is; a failed one is queued again. The
+    checkpoints are pinned before the message is sent, so retention cannot delete them under the
+    job; if the broker refuses, the new record and pin are removed and BrokerUnavailable raised.
+    """
+    job_id = spec.job_id()
+    lock = _lock_for(job_id)
+    with lock:
+        existing = jobs.find(store, spec.run, job_id)
+        if existing is not None and existing.state != "failed":
+            return existing, False
+        record = existing or JobRecord(job_id=job_id, spec=spec)
+        previous_error = record.error
+        record.state, record.stage, record.progress = "queued", "queued", 0.0
+        record.error, record.message, record.finished_at = None, "waiting for a merge worker", None
+        record.enqueued_at = utcnow()
+        store.pin(spec.run, job_id, spec.tokens, ttl=PIN_TTL)
+        jobs.save(store, record)
+        try:
+            enqueuer.enqueue(spec.run, job_id)
+        except BrokerUnavailable:
+            if existing is None:
+                jobs.delete(store, spec.run, job_id)
+            else:
+                record.state, record.stage, record.error = "failed", "failed", previous_error
+                jobs.save(store, record)
+            store.unpin(spec.run, job_id)
+            raise
+        return record, True
+
+
+def find_job(store: Store, job_id: str) -> JobRecord | None:
+    """The record of ``job_id`` in whichever run holds it."""
+    for run in store.list_runs():
+        record = jobs.find(store, run.run, job_id)
+        if record is not None:
+            return record
+    return None

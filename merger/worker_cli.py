@@ -1,0 +1,97 @@
+"""``wsm worker [--queues merge,eval]``: a Celery worker for anneal jobs, with the recovery sweep.
+
+Once the worker is ready, a background thread sweeps job records for lost jobs (stale heartbeat)
+and re-enqueues them, at start and every ``recovery_interval_s`` (merger/runner.py, Recovery).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from wsm.cli import UsageError
+
+log = logging.getLogger("wsm.worker")
+
+QUEUES = ("merge", "eval")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run a Celery worker that merges and evaluates anneal jobs",
+        description="Consume anneal jobs. Broker: WSM_BROKER_URL (unset: the embedded SQLite broker in WSM_STATE_DIR).",
+    )
+    parser.add_argument(
+        "--queues", default="merge,eval", help="comma-separated queues: merge, eval (default both)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="processes per worker (default 1: merges use all cores)"
+    )
+    parser.add_argument(
+        "--pool",
+        default="prefork",
+        choices=["prefork", "solo", "threads"],
+        help="Celery pool (default prefork)",
+    )
+    parser.add_argument("--name", default=None, help="worker node name (default wsm-<pid>@<host>)")
+    parser.add_argument("--no-recovery", action="store_true", help="do not sweep for lost jobs")
+    parser.set_defaults(func=run)
+
+
+def _recovery_loop(stop: threading.Event) -> None:
+    from merger.tasks import recovery
+    from wsm.settings import get_settings
+
+    sweeper = recovery()
+    interval = get_settings().recovery_interval_s
+    while True:
+        try:
+            resent = sweeper.sweep()
+            if resent:
+                log.info("recovery: re-enqueued %d job(s): %s", len(resent), ", ".join(resent))
+        except Exception:  # the store or broker may be briefly unavailable; try again next round
+            log.warning("recovery sweep failed", exc_info=True)
+        if stop.wait(interval):
+            return
+
+
+def run(args: argparse.Namespace) -> int:
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    bad = [q for q in queues if q not in QUEUES]
+    if bad or not queues:
+        raise UsageError(f"--queues: unknown queue(s) {bad or queues}; choose from {', '.join(QUEUES)}")
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    from celery.signals import worker_ready, worker_shutdown
+
+    from merger.celery_app import redact
+    from merger.tasks import app
+
+    stop = threading.Event()
+
+    def start_recovery(**_: Any) -> None:
+        threading.Thread(target=_recovery_loop, args=(stop,), name="wsm-recovery", daemon=True).start()
+
+    if not args.no_recovery:
+        worker_ready.connect(start_recovery, weak=False)
+    worker_shutdown.connect(lambda **_: stop.set(), weak=False)
+    name = args.name or f"wsm-{os.getpid()}@{socket.gethostname()}"
+    log.info("worker %s: queues %s, broker %s", name, ",".join(queues), redact(str(app.conf.broker_url)))
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={','.join(queues)}",
+            f"--concurrency={args.concurrency}",
+            f"--pool={args.pool}",
+            f"--hostname={name}",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=INFO",
+        ]
+    )
+    return 0

@@ -1,0 +1,236 @@
+"""The anneal pipeline without a broker: merger/pipeline.py and merger/runner.py driven in-process.
+
+Dispatch is replaced by direct calls, so these tests cover stage bookkeeping, idempotency, the
+split (multi-part) merge, failures and the recovery sweep in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from merger import jobs, pipeline, runner
+from merger.engine import execute_merge
+from merger.locks import FileJobLock
+from tests.api.fixtures import M, make_run
+from tests.conftest import make_settings
+from wsm.settings import Settings
+from wsm.store import Store
+
+BROKER = "sqla+sqlite:///unused"
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(
+        store_url=str(tmp_path / "store"), state_dir=str(tmp_path / "state"), job_heartbeat_s=0.05
+    )
+
+
+@pytest.fixture()
+def store(settings: Settings) -> Store:
+    s = Store(settings.store_url, settings=settings)
+    make_run(s)
+    return s
+
+
+class InProcess:
+    """A Dispatch that runs follow-up stages synchronously (what Celery does asynchronously)."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store, self.settings = store, settings
+        self.evaluated: list[str] = []
+        self.splits: list[int] = []
+        self._pending: list[tuple[str, str, str, int]] = []
+
+    def dispatch(self) -> runner.Dispatch:
+        return runner.Dispatch(evaluate=self._evaluate, split=self._split)
+
+    def _evaluate(self, run: str, job_id: str) -> None:
+        self.evaluated.append(job_id)
+
+    def _split(self, run: str, job_id: str, attempt_id: str, parts: int) -> None:
+        self.splits.append(parts)
+        self._pending.append((run, job_id, attempt_id, parts))  # runs after the coordinator returns
+
+    def drain(self) -> None:
+        while self._pending:
+            self._run_split(*self._pending.pop(0))
+
+    def _run_split(self, run: str, job_id: str, attempt_id: str, parts: int) -> None:
+        results = [
+            runner.run_part(self.store, self.settings, run, job_id, attempt_id, i, parts)
+            for i in range(parts)
+        ]
+        runner.finalize_split(
+            self.store, self.settings, BROKER, run, job_id, attempt_id, results, self.dispatch()
+        )
+
+
+def new_job(store: Store, *, evaluate: bool = False, window: str = "40M", **kw: Any) -> jobs.JobRecord:
+    spec = pipeline.resolve(
+        store,
+        curve=pipeline.curve_spec("1-sqrt", alpha=None, floor=0.0),
+        window=window,
+        evaluate=evaluate,
+        **kw,
+    )
+    record = jobs.JobRecord(job_id=spec.job_id(), spec=spec)
+    jobs.save(store, record)
+    return record
+
+
+def expected_weights(store: Store, spec: jobs.JobSpec) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for ck in spec.selection["checkpoints"]:
+        path = store.local_path(f"runs/{spec.run}/checkpoints/{ck['tokens']:018d}/model.safetensors")
+        for k, v in load_file(str(path)).items():
+            if v.dtype == np.float32:
+                out[k] = out.get(k, 0) + np.float64(ck["c"]) * v.astype(np.float64)
+            else:
+                out[k] = v
+    return out
+
+
+def test_same_request_same_job_and_eval_flag_changes_it(store: Store) -> None:
+    a = new_job(store).spec
+    b = pipeline.resolve(
+        store, curve=pipeline.curve_spec("minus_sqrt", alpha=None, floor=0.0), window="40M", evaluate=False
+    )
+    c = pipeline.resolve(
+        store, curve=pipeline.curve_spec("1-sqrt", alpha=None, floor=0.0), window="40M", evaluate=True
+    )
+    d = pipeline.resolve(
+        store, curve=pipeline.curve_spec("1-sqrt", alpha=None, floor=0.1), window="40M", evaluate=False
+    )
+    assert a.job_id() == b.job_id()  # alias of the same curve
+    assert a.job_id() != c.job_id() and a.model_name == c.model_name  # eval flag: other job, same model
+    assert a.job_id() != d.job_id() and a.model_name != d.model_name
+    assert [x["tokens"] for x in a.selection["checkpoints"]] == [70 * M, 80 * M, 90 * M, 100 * M]
+    assert all(len(x["sha256"]) == 64 for x in a.selection["checkpoints"])
+
+
+def test_single_worker_merge_publishes_and_finishes(store: Store, settings: Settings) -> None:
+    record = new_job(store)
+    driver = InProcess(store, settings)
+    assert runner.anneal(store, settings, BROKER, "r1", record.job_id, driver.dispatch()) == "done"
+    done = jobs.load(store, "r1", record.job_id)
+    assert (done.state, done.stage, done.progress, done.attempts) == ("done", "done", 100.0, 1)
+    model = store.get_model("r1", record.spec.model_name)
+    assert [s.tokens for s in model.sources] == record.spec.tokens
+    got = load_file(str(store.local_path(f"{model.dir}/model.safetensors")))
+    for name, want in expected_weights(store, record.spec).items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-6, atol=1e-6)
+    assert store.list_pins("r1") == []
+    # Asking again: the finished job returns at once, nothing is merged again.
+    assert runner.anneal(store, settings, BROKER, "r1", record.job_id, driver.dispatch()) == "done"
+    assert jobs.load(store, "r1", record.job_id).attempts == 1
+
+
+def test_evaluation_is_dispatched_after_merge(store: Store, settings: Settings) -> None:
+    record = new_job(store, evaluate=True)
+    driver = InProcess(store, settings)
+    assert runner.anneal(store, settings, BROKER, "r1", record.job_id, driver.dispatch()) == "merged"
+    assert driver.evaluated == [record.job_id]
+    rec = jobs.load(store, "r1", record.job_id)
+    assert (rec.state, rec.stage, rec.model_published) == ("running", "waiting_eval", True)
+    assert pipeline.evaluation_targets(rec.spec) == {
+        "anneal": f"runs/r1/models/{rec.spec.model_name}",
+        "baseline": f"runs/r1/checkpoints/{100 * M:018d}",
+    }
+
+
+def test_split_merge_is_bit_identical_to_one_worker(store: Store, settings: Settings, tmp_path: Path) -> None:
+    split_settings = settings.model_copy(update={"merge_split_bytes": 1, "merge_parts": 3})
+    record = new_job(store)
+    driver = InProcess(store, split_settings)
+    assert runner.anneal(store, split_settings, BROKER, "r1", record.job_id, driver.dispatch()) == "split"
+    assert jobs.load(store, "r1", record.job_id).stage == "merging"
+    driver.drain()
+    assert driver.splits == [3] and jobs.load(store, "r1", record.job_id).state == "done"
+    model = store.get_model("r1", record.spec.model_name)
+    assert model.is_sharded and len(model.weight_files) == 3
+    # The same (resharded) plan executed by one process gives the same bytes.
+    plan = pipeline.build_plan(store, record.spec, pipeline.check_sources(store, record.spec))
+    single = tmp_path / "single"
+    execute_merge(plan.split(3)[0].plan, single)
+    for name in model.weight_files:
+        assert store.read_file(model, name) == (single / name).read_bytes(), name
+    index = "model.safetensors.index.json"
+    assert json.loads(store.read_file(model, index)) == json.loads((single / index).read_bytes())
+    assert not any(p.name.startswith(record.job_id) for p in (Path(settings.state_dir) / "scratch").glob("*"))
+
+
+def test_corrupt_checkpoint_fails_the_job_and_publishes_nothing(store: Store, settings: Settings) -> None:
+    record = new_job(store)
+    path = store.local_path(f"runs/r1/checkpoints/{90 * M:018d}/model.safetensors")
+    with open(str(path), "r+b") as f:  # truncate: the size no longer matches the manifest
+        f.truncate(100)
+    assert (
+        runner.anneal(store, settings, BROKER, "r1", record.job_id, InProcess(store, settings).dispatch())
+        == "failed"
+    )
+    rec = jobs.load(store, "r1", record.job_id)
+    assert rec.state == "failed" and "model.safetensors" in (rec.error or "")
+    assert store.list_models("r1") == []
+    assert store.list_pins("r1") == []
+
+
+def test_replaced_checkpoint_is_refused(store: Store, settings: Settings) -> None:
+    record = new_job(store)
+    from tests.api.fixtures import write_checkpoint
+
+    store.delete_checkpoint("r1", 80 * M)
+    write_checkpoint(store, "r1", 80 * M, seed=99)
+    runner.anneal(store, settings, BROKER, "r1", record.job_id, InProcess(store, settings).dispatch())
+    rec = jobs.load(store, "r1", record.job_id)
+    assert rec.state == "failed" and "was replaced" in (rec.error or "")
+
+
+def test_lock_held_means_busy(store: Store, settings: Settings) -> None:
+    record = new_job(store)
+    held = FileJobLock(os.path.join(settings.state_dir, "locks"), record.job_id)
+    assert held.acquire()
+    try:
+        with pytest.raises(runner.Busy):
+            runner.anneal(store, settings, BROKER, "r1", record.job_id, InProcess(store, settings).dispatch())
+    finally:
+        held.release()
+    assert jobs.load(store, "r1", record.job_id).state == "queued"
+
+
+def test_recovery_resends_only_stale_jobs(store: Store, settings: Settings) -> None:
+    fresh = new_job(store)
+    stale = new_job(store, window="30M")
+    rec = jobs.load(store, "r1", stale.job_id)
+    rec.state, rec.stage = "running", "merging"
+    rec.heartbeat_at = rec.enqueued_at = jobs.utcnow() - timedelta(hours=1)
+    jobs.save(store, rec)
+    sent: list[tuple[str, str]] = []
+    sweeper = runner.Recovery(
+        store, settings, lambda r, j: sent.append(("anneal", j)), lambda r, j: sent.append(("eval", j))
+    )
+    assert sweeper.sweep() == [stale.job_id]
+    assert sent == [("anneal", stale.job_id)] and fresh.job_id not in sweeper.sweep()
+    assert sweeper.sweep() == []  # not resent again within the staleness period
+
+
+def test_failed_evaluation_requeued_skips_the_merge(store: Store, settings: Settings) -> None:
+    record = new_job(store, evaluate=True)
+    driver = InProcess(store, settings)
+    runner.anneal(store, settings, BROKER, "r1", record.job_id, driver.dispatch())
+    rec = jobs.load(store, "r1", record.job_id)
+    runner.fail(store, rec, RuntimeError("evaluator crashed"))
+    rec = jobs.load(store, "r1", record.job_id)
+    rec.state = "queued"  # what the API does when the same request comes again
+    jobs.save(store, rec)
+    assert runner.anneal(store, settings, BROKER, "r1", record.job_id, driver.dispatch()) == "merged"
+    rec = jobs.load(store, "r1", record.job_id)
+    assert rec.attempts == 1 and rec.stage == "waiting_eval" and driver.evaluated == [record.job_id] * 2

@@ -1,0 +1,110 @@
+"""``wsm anneal``: ask the API for an anneal and (with ``--wait``) follow it to the end.
+
+    wsm anneal --curve 1-sqrt --window 80B [--run r1] [--interval 10B] [--wait]
+
+Talks to ``WSM_API_URL`` with ``WSM_API_TOKEN``; prints the chosen checkpoints and weights, then
+the stage and progress of the job until it is done (exit 0) or failed (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from wsm.cli import UsageError
+from wsm.commands.options import add_curve_arguments, add_window_arguments, parse_coefficients
+
+TERMINAL = ("done", "failed")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "anneal",
+        help="request an annealed model from the API (and follow the job)",
+        description="POST /anneal on the wsm API. Example: wsm anneal --curve 1-sqrt --window 80B --wait",
+    )
+    add_curve_arguments(parser)
+    add_window_arguments(parser)
+    parser.add_argument("--run", default=None, help="run name (default: the only/newest run)")
+    parser.add_argument("--no-eval", action="store_true", help="do not evaluate the models")
+    parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    parser.add_argument("--poll", type=float, default=1.0, help="seconds between status checks (default 1)")
+    parser.add_argument("--url", default=None, help="API base URL (default WSM_API_URL)")
+    parser.add_argument("--json", action="store_true", help="print the final job as JSON")
+    parser.set_defaults(func=run)
+
+
+def build_body(args: argparse.Namespace) -> dict[str, Any]:
+    curve: Any = list(parse_coefficients(args.coefficients)) if args.coefficients else args.curve
+    body: dict[str, Any] = {
+        "curve": curve,
+        "window": args.window,
+        "floor": args.floor,
+        "evaluate": not args.no_eval,
+    }
+    for key in ("run", "interval", "count", "end", "alpha"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    return body
+
+
+def _describe(job: dict[str, Any]) -> str:
+    sel = job["selection"]
+    lines = [
+        f"job {job['job_id']} on run {job['run']}: {job['state']} ({'new' if job.get('created') else 'existing'})",
+        f"curve {sel['curve_label']}, window {sel['window']} tokens [{sel['window_start']}, {sel['window_end']}]",
+    ]
+    lines += [f"  {c['tokens']:>16}  c={c['c']:.6f}" for c in sel["checkpoints"]]
+    return "\n".join(lines)
+
+
+def _error(response: Any) -> str:
+    try:
+        body = response.json()
+        return f"HTTP {response.status_code} {body.get('error')}: {body.get('detail')}"
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import httpx
+
+    from wsm.settings import get_settings
+
+    settings = get_settings()
+    base = (args.url or settings.api_url).rstrip("/")
+    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        try:
+            response = client.post("/anneal", json=build_body(args))
+        except httpx.HTTPError as e:
+            raise UsageError(f"cannot reach the API at {base}: {e}") from None
+        if response.status_code >= 400:
+            raise UsageError(_error(response))
+        job = response.json()
+        print(_describe(job))
+        last = None
+        while args.wait and job["state"] not in TERMINAL:
+            time.sleep(args.poll)
+            polled = client.get(f"/anneal/{job['job_id']}")
+            if polled.status_code >= 400:
+                raise UsageError(_error(polled))
+            job = polled.json()
+            line = f"{job['stage']} {job['progress']:.0f}% {job['message']}"
+            if line != last:
+                print(line, flush=True)
+                last = line
+    if args.json:
+        print(json.dumps(job, indent=2))
+    elif job["state"] == "done":
+        print(f"model {job['model_id']}")
+        for which, ev in (job.get("evaluations") or {}).items():
+            if ev:
+                print(f"  {which}: " + ", ".join(f"{k}={v:.4g}" for k, v in ev["metrics"].items()))
+    if job["state"] == "failed":
+        print(f"failed: {job['error']}", file=sys.stderr)
+        return 1
+    return 0
