@@ -18,6 +18,14 @@ from wsm import __version__
 # subcommand -> module providing register(); kept in one place so `wsm --help` lists them all.
 SUBCOMMANDS: dict[str, str] = {
     "weights": "wsm.commands.weights",
+    "train": "trainer.cli",
+    "up": "wsm.commands.up",
+    "merge": "merger.cli",
+    "serve": "api.cli",
+    "worker": "merger.worker_cli",
+    "anneal": "wsm.commands.anneal",
+    "evaluate": "trainer.eval_cli",
+    "export": "trainer.export_cli",
 }
 
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     retention_sparse_interval_tokens: int | None = None
     """Retention: of older checkpoints keep one per this many tokens (unset: delete them all)."""
 
+    cache_dir: str = "~/.cache/wsm"
+    """Local cache of tokenizers and tokenised datasets, keyed by content hash (trainer and evaluation)."""
+
     log_level: str = "INFO"
     """Logging level of every wsm process."""
 
@@ -96,6 +99,9 @@ class Settings(BaseSettings):
 
     api_max_body_bytes: int = 64 * 1024
     """Largest accepted request body; bigger ones get 413."""
+
+    api_listing_ttl_s: float = 2.0
+    """POST /anneal resolves windows against run/checkpoint listings cached this long (workers re-check)."""
 
 
 @lru_cache(maxsize=1)
