@@ -255,7 +255,9 @@ class Trainer:
         """Mean loss over the held-out samples, split across DP ranks."""
         if self.valid is None:
             return None
-        n = len(self.valid)  # type: ignore[arg-type]
+        # megatron builds at least a whole epoch of the split; the config says how much to use,
+        # and evaluation (trainer.eval_data.pretrain_valid) takes the same first samples.
+        n = min(len(self.valid), self.cfg.data.valid_samples)  # type: ignore[arg-type]
         mb = self.cfg.micro_batch_size
         total = torch.zeros(2, dtype=torch.float64)
         for first in range(self.info.dp_rank * mb, n, mb * self.info.dp_size):

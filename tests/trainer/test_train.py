@@ -114,3 +114,13 @@ def test_failed_upload_stops_training_loudly(
         trainer.train()
     assert len(calls) == 2  # first try + one retry, never silently skipped
     assert trainer.step < 40
+
+
+def test_validation_uses_exactly_valid_samples(data_cache: Path, local_store: Any) -> None:
+    trainer = make(data_cache, local_store, "val", **{"data.valid_samples": 3})
+    assert trainer.valid is not None and len(trainer.valid) > 3, "megatron builds a whole epoch of the split"
+    seen: list[int] = []
+    real = trainer.engine.eval_loss
+    trainer.engine.eval_loss = lambda batch: seen.append(len(batch["tokens"])) or real(batch)  # type: ignore[method-assign]
+    assert trainer.validation_loss() is not None
+    assert sum(seen) == 3
