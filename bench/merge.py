@@ -4,11 +4,14 @@
     python bench/merge.py --count 8 --size-gb 1   # the reference: 8 x 1 GB bf16
     python bench/merge.py --count 8 --size-gb 1 --sweep 2,4,8
 
-Every method runs in its own subprocess (clean peak-memory figures) on warm page cache:
+Every method runs in its own subprocess (clean peak-memory figures), on warm page cache or, with
+--cold, after dropping it (root):
   floor    read every input byte once, in 64 MiB blocks (what no merge can beat)
   ours     merger.plan_merge + execute_merge (no fsync, no input hashing: the engine alone)
   naive    safetensors.torch.load_file every checkpoint, sum in float32, save_file
-  mergekit mergekit's linear merge, when mergekit is installed (pip install '.[bench]')
+  cli      the whole `wsm merge a:w ... -o out` command, imports included (--no-hash-inputs)
+  mergekit the whole `mergekit-yaml` linear merge, when installed (pip install '.[bench]', or a
+           mergekit-yaml on PATH from a separate environment)
 Ratios are printed, never asserted: timings depend on the machine.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -70,9 +74,15 @@ def _worker(mode: str, paths: list[str], out: str, threads: int | None) -> dict[
             save_file(merged, os.path.join(out, "model.safetensors"))
         elif mode == "mergekit":
             extra = _run_mergekit(paths, weights, out)
+        elif mode == "cli":
+            extra = _run_cli(paths, weights, out)
         else:
             raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - t0
+    if mode in ("cli", "mergekit"):
+        # The work ran in a child: report its peak RSS (anonymous memory is not visible from here).
+        child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        return {"seconds": seconds, "peak_rss": child_peak, "peak_anon_rss": None, **extra}
     return {"seconds": seconds, "peak_rss": mem.peak_rss, "peak_anon_rss": mem.peak_anon, **extra}
 
 
@@ -96,15 +106,40 @@ def _run_mergekit(paths: list[str], weights: list[float], out: str) -> dict[str,
     exe = shutil.which("mergekit-yaml")
     assert exe is not None
     subprocess.run(
-        [exe, cfg_path, out, "--lazy-unpickle", "--copy-tokenizer", "false"],
+        [exe, cfg_path, out, "--lazy-unpickle", "--no-copy-tokenizer", "--quiet"],
         check=True,
         stdout=subprocess.DEVNULL,
     )
     return {}
 
 
-def run_mode(mode: str, paths: list[str], out: str, threads: int | None) -> dict[str, Any]:
+def _run_cli(paths: list[str], weights: list[float], out: str) -> dict[str, Any]:
+    # The whole command as a user runs it, imports included, like mergekit-yaml above.
+    inputs = [f"{p}:{w!r}" for p, w in zip(paths, weights, strict=True)]
+    subprocess.run(
+        [sys.executable, "-m", "wsm.cli", "merge", *inputs, "-o", out, "--no-progress", "--no-hash-inputs"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return {}
+
+
+def drop_page_cache() -> None:
+    """Evict every input from the page cache (Linux, root): the cold-cache measurements."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+    except OSError as e:
+        raise SystemExit(f"--cold needs root on Linux to drop the page cache: {e}") from None
+
+
+def run_mode(
+    mode: str, paths: list[str], out: str, threads: int | None, cold: bool = False
+) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
+    if cold:
+        drop_page_cache()
     cmd = [sys.executable, __file__, "_worker", mode, out, str(threads or 0), *paths]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     shutil.rmtree(out, ignore_errors=True)
@@ -130,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 x 0.1 GB, seconds")
     ap.add_argument("--dir", default="/tmp/wsm-bench-merge", help="where checkpoints are generated (reused)")
     ap.add_argument("--sweep", default=None, help="checkpoint counts for the scaling sweep, e.g. 2,4,8")
-    ap.add_argument("--methods", default="floor,ours,naive,mergekit", help="comma-separated subset")
+    ap.add_argument("--methods", default="floor,ours,cli,naive,mergekit", help="comma-separated subset")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=1, help="runs per method; the best is reported")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before every run (root)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -151,15 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.join(args.dir, "out")
     results: dict[str, dict[str, Any]] = {}
     methods = args.methods.split(",")
-    run_mode("floor", use, out, args.threads)  # warm the page cache
+    if not args.cold:
+        run_mode("floor", use, out, args.threads)  # warm the page cache
     for mode in methods:
         if mode == "mergekit" and shutil.which("mergekit-yaml") is None:
             print("mergekit: not installed (pip install '.[bench]'), skipped", file=sys.stderr)
             continue
-        runs = [run_mode(mode, use, out, args.threads) for _ in range(args.repeat)]
+        runs = [run_mode(mode, use, out, args.threads, args.cold) for _ in range(args.repeat)]
         results[mode] = min(runs, key=lambda r: r["seconds"])
     print(
-        f"\n{len(use)} x {total / len(use) / 1e9:.2f} GB, {total / 1e9:.2f} GB read, warm page cache, "
+        f"\n{len(use)} x {total / len(use) / 1e9:.2f} GB, {total / 1e9:.2f} GB read, "
+        f"{'cold' if args.cold else 'warm'} page cache, "
         f"{os.cpu_count()} cores"
     )
     print(f"{'method':<10}{'seconds':>9}{'GB/s':>8}{'RSS MiB':>9}{'anon MiB':>9}")
@@ -172,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         for other in ("floor", "naive", "mergekit"):
             if other in results:
                 print(f"ours/{other}: {ours / results[other]['seconds']:.2f}x time")
+    if "cli" in results and "mergekit" in results:
+        whole = results["cli"]["seconds"] / results["mergekit"]["seconds"]
+        print(f"whole command, wsm merge / mergekit-yaml: {whole:.2f}x time ({1 / whole:.1f}x faster)")
         print("ours phases (s):", {k: round(v, 2) for k, v in results["ours"].get("timings", {}).items()})
     sweep_rows = []
     if sweep:

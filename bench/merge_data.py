@@ -1,39 +1,62 @@
 """Synthetic bf16 checkpoints for the merge benchmark, written by streaming (no model in memory).
 
-Layout of each checkpoint, like a small LLM: one embedding of a quarter of the size, 64 MB
-layer matrices, a float32 norm per layer, and an int64 buffer identical in every checkpoint.
-Values are random bf16 bit patterns with a weight-like exponent range: finite, no denormals, and
-far cheaper to generate than randn. Files are reused when they already exist with the right size.
+Each checkpoint is a Hugging Face Llama directory (``config.json`` + ``model.safetensors`` with
+Llama tensor names), so mergekit accepts it as a model: hidden 2048, FFN 5632, a 32k vocabulary
+with untied embeddings, and as many layers as the requested size allows. Values are random bf16
+bit patterns with a weight-like exponent range: finite, no denormals, and far cheaper to
+generate than randn. Files are reused when they already exist with the right size and layout.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
 
 from merger.writer import LocalFileSink, ShardWriter
 
-LAYER_BYTES = 64 * 2**20
+HIDDEN, FFN, VOCAB, HEADS = 2048, 5632, 32000, 16
 BLOCK = 16 * 2**20  # elements generated at a time
+LAYOUT_VERSION = "llama1"  # part of the reuse marker: a new layout regenerates the files
+
+
+def _layers_for(size: int) -> int:
+    per_layer = 2 * (4 * HIDDEN * HIDDEN + 3 * HIDDEN * FFN + 2 * HIDDEN)
+    return max(1, (size - 2 * 2 * VOCAB * HIDDEN) // per_layer)
 
 
 def _layout(size: int) -> list[tuple[str, str, tuple[int, ...]]]:
-    hidden = 2048
-    embed_rows = max(1, size // 4 // (2 * hidden))
-    entries: list[tuple[str, str, tuple[int, ...]]] = [("embed.weight", "BF16", (embed_rows, hidden))]
-    left = size - embed_rows * hidden * 2
-    i = 0
-    while left >= LAYER_BYTES:
-        rows = LAYER_BYTES // (2 * hidden)
-        entries.append((f"layers.{i}.weight", "BF16", (rows, hidden)))
-        entries.append((f"layers.{i}.norm", "F32", (hidden,)))
-        left -= LAYER_BYTES + 4 * hidden
-        i += 1
-    if left > 2 * hidden:
-        entries.append(("tail.weight", "BF16", (left // (2 * hidden), hidden)))
-    entries.append(("position_ids", "I64", (4096,)))
+    entries: list[tuple[str, str, tuple[int, ...]]] = [("model.embed_tokens.weight", "BF16", (VOCAB, HIDDEN))]
+    for i in range(_layers_for(size)):
+        p = f"model.layers.{i}"
+        entries += [(f"{p}.self_attn.{n}_proj.weight", "BF16", (HIDDEN, HIDDEN)) for n in "qkvo"]
+        entries += [
+            (f"{p}.mlp.gate_proj.weight", "BF16", (FFN, HIDDEN)),
+            (f"{p}.mlp.up_proj.weight", "BF16", (FFN, HIDDEN)),
+            (f"{p}.mlp.down_proj.weight", "BF16", (HIDDEN, FFN)),
+            (f"{p}.input_layernorm.weight", "BF16", (HIDDEN,)),
+            (f"{p}.post_attention_layernorm.weight", "BF16", (HIDDEN,)),
+        ]
+    entries += [("model.norm.weight", "BF16", (HIDDEN,)), ("lm_head.weight", "BF16", (VOCAB, HIDDEN))]
     return entries
+
+
+def _config(size: int) -> dict[str, object]:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": FFN,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": HEADS,
+        "num_hidden_layers": _layers_for(size),
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+    }
 
 
 def _random_bf16(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -49,18 +72,13 @@ def write_checkpoint(path: str, size: int, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     writer = ShardWriter(path, LocalFileSink(path, fsync=False), entries, {"format": "pt"})
     try:
-        for _name, dtype, shape in entries:
+        for _name, _dtype, shape in entries:
             n = 1
             for d in shape:
                 n *= d
             for start in range(0, n, BLOCK):
                 k = min(BLOCK, n - start)
-                if dtype == "BF16":
-                    t = _random_bf16(k, gen)
-                elif dtype == "F32":
-                    t = torch.rand(k, generator=gen) + 0.5
-                else:
-                    t = torch.arange(start, start + k, dtype=torch.int64)
+                t = _random_bf16(k, gen)
                 writer.write(t.view(torch.uint8).numpy())
         writer.commit()
     except BaseException:
@@ -76,9 +94,11 @@ def make_checkpoints(directory: str, count: int, size: int) -> list[str]:
         d = os.path.join(directory, f"ckpt-{i}")
         os.makedirs(d, exist_ok=True)
         path = os.path.join(d, "model.safetensors")
-        marker = path + f".size-{size}"
+        marker = path + f".{LAYOUT_VERSION}-size-{size}"
         if not (os.path.exists(path) and os.path.exists(marker)):
             write_checkpoint(path, size, seed=i)
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(_config(size), f, indent=2)
             open(marker, "w").close()
         expected = expected or os.path.getsize(path)
         paths.append(path)
