@@ -84,7 +84,7 @@ def example_window(args: argparse.Namespace) -> tuple[str, str]:
 
     cfg = load_config(args.config or "demo", [f"run={args.run}", *args.set])
     every = parse_tokens(cfg.checkpoint.save_every)
-    return format_tokens(every), str(4 * every)
+    return format_tokens(every), format_tokens(4 * every)
 
 
 def _announce(url: str, token: str | None, args: argparse.Namespace) -> None:
@@ -95,7 +95,7 @@ def _announce(url: str, token: str | None, args: argparse.Namespace) -> None:
     every, window = example_window(args)
     body = json.dumps({"curve": "1-sqrt", "window": window})
     log.info(
-        "the trainer saves a checkpoint every %s tokens; once five exist, request an anneal:\n"
+        "the trainer saves a checkpoint every %s tokens; once four exist, request an anneal:\n"
         "  curl -X POST %s/anneal -H 'content-type: application/json'%s -d '%s'\n"
         "  or: wsm anneal --curve 1-sqrt --window %s --wait",
         every,
