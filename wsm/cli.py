@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from wsm import __version__
@@ -50,8 +51,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# megatron-core announces each optional fused kernel it cannot find, once per import: expected
+# on CPU and without Transformer Engine, and it buries the command's own output.
+_EXPECTED_WARNINGS = (r".*(Transformer Engine|Apex).*not installed.*", r"full scope is deprecated.*")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wsm`` console script."""
+    for pattern in _EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     args_list = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in args_list if a in SUBCOMMANDS), None)
     parser = build_parser(only=chosen)
