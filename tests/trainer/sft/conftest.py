@@ -131,3 +131,22 @@ def fast_eval_config(**overrides: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)
+
+
+def micro_model(seq_length: int) -> Any:
+    """A one-layer GQA model (vocab 128, 4 heads in 2 groups), seed 0: for decoding and HVP tests."""
+    from trainer.config import ModelConfig
+    from trainer.distributed import init_distributed
+    from trainer.model import build_model
+
+    init_distributed(1)
+    cfg = ModelConfig(
+        preset=None,
+        num_layers=1,
+        hidden_size=32,
+        ffn_hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        seq_length=seq_length,
+    )
+    return build_model(cfg, 128, seed=0)

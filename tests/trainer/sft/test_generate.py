@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from trainer.config import ModelConfig
-from trainer.distributed import init_distributed
+from tests.trainer.sft.conftest import micro_model
 from trainer.generate import exact, greedy_generate, loose
-from trainer.model import build_model
 
 
 def test_batched_greedy_matches_single() -> None:
-    init_distributed(1)
-    cfg = ModelConfig(
-        preset=None,
-        num_layers=1,
-        hidden_size=32,
-        ffn_hidden_size=64,
-        num_attention_heads=4,
-        num_query_groups=2,
-        seq_length=64,
-    )
-    model = build_model(cfg, 128, seed=0).eval()
+    model = micro_model(seq_length=64).eval()
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 100, (n,), generator=g).tolist() for n in (3, 9, 5, 1)]
     kw = {"max_new_tokens": 6, "stop_id": 127, "vocab_size": 100, "pad_id": 0, "device": torch.device("cpu")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tests.trainer.sft.conftest import micro_model
 from trainer.sharpness import SharpnessConfig, TraceEstimate, hutchinson_samples, model_sharpness
 
 
@@ -53,21 +54,7 @@ def test_seeded_estimates_repeat() -> None:
 
 def test_megatron_model_double_backward_runs() -> None:
     """The model path: SDPA math kernel and logits cross-entropy support double backward on CPU."""
-    from trainer.config import ModelConfig
-    from trainer.distributed import init_distributed
-    from trainer.model import build_model
-
-    init_distributed(1)
-    cfg = ModelConfig(
-        preset=None,
-        num_layers=1,
-        hidden_size=32,
-        ffn_hidden_size=64,
-        num_attention_heads=4,
-        num_query_groups=2,
-        seq_length=16,
-    )
-    model = build_model(cfg, 128, seed=0)
+    model = micro_model(seq_length=16)
     tokens = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     batch = {
         "tokens": tokens,
