@@ -9,7 +9,6 @@ where the tokenizer is, so the same code reads both.
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,7 @@ from trainer.model import build_model
 from trainer.runinfo import run_model_config, tokenizer_store_path
 from trainer.tokenizer import load_tokenizer
 from trainer.weights import load_full_state_dict
-from wsm.store import CheckpointManifest, ModelManifest, RunManifest, Store, checkpoint_name
-
-_DIR = re.compile(r"^runs/(?P<run>[^/]+)/(?P<kind>checkpoints|models)/(?P<name>[^/]+)$")
+from wsm.store import CheckpointManifest, ModelManifest, RunManifest, Store, layout
 
 
 @dataclass
@@ -63,12 +60,12 @@ class StoredModel:
 
 def split_model_dir(model_dir: str) -> tuple[str, str, str]:
     """``(run, "checkpoints" | "models", name)`` of a store-relative model dir; ValueError otherwise."""
-    m = _DIR.match(model_dir.strip().rstrip("/"))
-    if not m:
+    parts = layout.split_artifact_dir(model_dir)
+    if parts is None or parts[1] == layout.EVALS:
         raise ValueError(
             f"{model_dir!r} is not a model dir (runs/<run>/checkpoints/<tokens> or runs/<run>/models/<name>)"
         )
-    return m["run"], m["kind"], m["name"]
+    return parts
 
 
 def resolve(store: Store, run: str, model_dir: str, cache_dir: str | None = None) -> StoredModel:
@@ -147,17 +144,6 @@ def build_stored_model(store: Store, sm: StoredModel, device: torch.device) -> G
     return model.to(device).eval()
 
 
-def model_dir(run: str, *, tokens: int | None = None, model: str | None = None) -> str:
-    """The store-relative dir of checkpoint ``tokens`` or of model ``model`` of ``run``."""
-    if (tokens is None) == (model is None):
-        raise ValueError("name exactly one of a checkpoint (tokens) or a model")
-    return (
-        f"runs/{run}/models/{model}"
-        if model is not None
-        else f"runs/{run}/checkpoints/{checkpoint_name(tokens or 0)}"
-    )
-
-
 def load_run_model(
     store: Store, run: str, *, tokens: int | None = None, model: str | None = None, cuda: bool = False
 ) -> GPTModel:
@@ -170,7 +156,12 @@ def load_run_model(
         if latest is None:
             raise ValueError(f"run {run!r} has no checkpoints")
         tokens = latest.tokens
-    sm = resolve(store, run, model_dir(run, tokens=tokens, model=model))
+    if model is not None:
+        directory = layout.model_dir(run, model)
+    else:
+        assert tokens is not None
+        directory = layout.checkpoint_dir(run, tokens)
+    sm = resolve(store, run, directory)
     init_distributed(1, cuda=cuda)
     gpt = build_model(sm.model_cfg, sm.padded_vocab, cuda=cuda)
     load_full_state_dict(gpt, load_weights(store, sm.manifest))

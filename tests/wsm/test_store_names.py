@@ -104,3 +104,16 @@ def test_layout_paths() -> None:
     assert layout.parse_segment_name(".tmp-0000000007.jsonl-x") is None
     assert layout.artifact_dir_of("runs/r1/models/m/model.safetensors") == "runs/r1/models/m"
     assert layout.artifact_dir_of("runs/r1/manifest.json") is None
+
+
+def test_split_artifact_dir_accepts_only_whole_artifact_dirs() -> None:
+    from wsm.store import layout
+
+    assert layout.split_artifact_dir("runs/r/models/m") == ("r", "models", "m")
+    assert layout.split_artifact_dir(layout.checkpoint_dir("r", 10) + "/") == (
+        "r",
+        "checkpoints",
+        "000000000000000010",
+    )
+    for not_a_dir in ("runs/r/models/m/model.safetensors", "runs/r/models", "runs/r/pins/j", "elsewhere"):
+        assert layout.split_artifact_dir(not_a_dir) is None

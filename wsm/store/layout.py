@@ -94,6 +94,12 @@ def job_path(run: str, job_id: str) -> str:
     return f"{jobs_dir(run)}/{validate_name(job_id, 'job id')}.json"
 
 
+def split_artifact_dir(path: str) -> tuple[str, str, str] | None:
+    """``(run, collection, name)`` of an artifact directory such as ``runs/r/models/m``, else None."""
+    m = _ARTIFACT_DIR_RE.fullmatch(path.strip().rstrip("/") + "/")
+    return (m.group(1), m.group(2), m.group(3)) if m else None
+
+
 def artifact_dir_of(relpath: str) -> str | None:
     """The artifact directory (checkpoint/model/eval) containing ``relpath``, if any."""
     m = _ARTIFACT_DIR_RE.match(relpath)
