@@ -32,7 +32,8 @@ def get_run(
 ) -> RunDetail:
     manifest = _run(store, run)
     checkpoints = store.list_checkpoints(manifest.run)
-    metrics = store.read_metrics(manifest.run)
+    # One record more than asked tells whether older ones exist, without reading them all.
+    metrics = store.read_metrics(manifest.run, limit=metrics_limit + 1)
     truncated = len(metrics) > metrics_limit
     metrics = metrics[len(metrics) - metrics_limit :] if metrics_limit else []
     return RunDetail(

@@ -119,6 +119,22 @@ def test_metrics_segments_concatenate(store: Store) -> None:
     assert [r["step"] for r in store.read_metrics("r1")] == [1, 2, 3]
 
 
+def test_newest_metrics_read_only_the_newest_segments(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsm.store import store as store_module
+
+    monkeypatch.setattr(store_module, "METRICS_READ_BATCH", 2)
+    for seg in range(10):
+        store.append_metrics("r1", [{"step": 2 * seg}, {"step": 2 * seg + 1}])
+    read: list[str] = []
+    real_cat = store.fs.cat
+    monkeypatch.setattr(store.fs, "cat", lambda paths, **kw: read.extend(paths) or real_cat(paths, **kw))
+    assert [r["step"] for r in store.read_metrics("r1", limit=3)] == [17, 18, 19]
+    assert len(read) == 2, "two segments hold the newest three records"
+    assert [r["step"] for r in store.read_metrics("r1", limit=7)] == list(range(13, 20))
+    assert store.read_metrics("r1", limit=0) == []
+    assert [r["step"] for r in store.read_metrics("r1", limit=1000)] == list(range(20))
+
+
 def test_duplicate_publish_is_an_error_unless_overwrite(store: Store) -> None:
     publish_ckpt(store, "r1", 7, b"one")
     with pytest.raises(ArtifactExistsError), store.publish_checkpoint("r1", 7):

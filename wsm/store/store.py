@@ -36,6 +36,9 @@ from wsm.store.retention import RetentionPolicy, select_deletions
 
 log = logging.getLogger(__name__)
 
+# Metrics segments fetched per round trip when only the newest records are wanted.
+METRICS_READ_BATCH = 16
+
 M = TypeVar("M", bound=Manifest)
 
 
@@ -307,16 +310,29 @@ class Store(FileStore):
                 seq += 1  # another writer took this number (local only)
         raise ArtifactExistsError(layout.metrics_dir(run))
 
-    def read_metrics(self, run: str) -> list[dict[str, Any]]:
-        """All metrics records of a run: its segments concatenated in order (one batched read)."""
+    def read_metrics(self, run: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """A run's metrics records in order: all of them, or only the newest ``limit``.
+
+        With a limit, segments are read newest first in batches and reading stops once enough
+        records are in hand, so a dashboard polling a long run does not re-read its whole history.
+        """
+        if limit is not None and limit <= 0:
+            return []
         paths = [self.full_path(layout.metrics_segment_path(run, s)) for s in self._segments(run)]
-        blobs = self.fs.cat(paths, on_error="omit") if paths else {}
-        out: list[dict[str, Any]] = []
-        for p in paths:
-            data = blobs.get(p)
-            if isinstance(data, bytes):
-                out.extend(json.loads(line) for line in data.decode().splitlines() if line.strip())
-        return out
+        batch = len(paths) if limit is None else METRICS_READ_BATCH
+        chunks: list[list[dict[str, Any]]] = []
+        held = 0
+        while paths and (limit is None or held < limit):
+            paths, wanted = paths[:-batch], paths[-batch:]
+            blobs = self.fs.cat(wanted, on_error="omit")
+            for p in reversed(wanted):
+                data = blobs.get(p)
+                if isinstance(data, bytes):
+                    records = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+                    chunks.append(records)
+                    held += len(records)
+        out = [record for records in reversed(chunks) for record in records]
+        return out if limit is None else out[-limit:]
 
     def _segments(self, run: str) -> list[int]:
         seqs = (layout.parse_segment_name(n) for n in self._list_children(layout.metrics_dir(run)))
