@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         model_dir,
         config,
         force=args.force,
-        progress=lambda phase, frac: log.info("evaluate %s: %s %.0f%%", model_dir, phase, 100 * frac),
+        progress=_progress_logger(model_dir),
     )
     if args.json:
         print(manifest.model_dump_json(indent=1))
@@ -99,6 +100,19 @@ def _run(args: argparse.Namespace) -> int:
         if manifest.extra.get("skipped"):
             print("skipped: " + json.dumps(manifest.extra["skipped"]))
     return 0
+
+
+def _progress_logger(model_dir: str) -> Callable[[str, float], None]:
+    """A progress callback that logs one line per whole percent (SFT reports every step)."""
+    last: list[tuple[str, int]] = []
+
+    def report(phase: str, fraction: float) -> None:
+        key = (phase, int(100 * fraction))
+        if not last or last[0] != key:
+            last[:] = [key]
+            log.info("evaluate %s: %s %d%%", model_dir, phase, key[1])
+
+    return report
 
 
 def register(subparsers: Any) -> None:
