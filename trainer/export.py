@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +25,7 @@ from safetensors.torch import save_file
 
 from trainer.chat import CHAT_TEMPLATE
 from trainer.config import ModelConfig
-from trainer.load import load_weights, resolve
+from trainer.load import StoredModel, load_weights, resolve
 from trainer.tokenizer import eod_id, hf_tokenizer, pad_id
 from wsm.store import Store
 
@@ -103,10 +105,24 @@ def export_hf(
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
     sm = resolve(store, run, model_dir, cache_dir)
-    out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir).expanduser()
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise ValueError(f"{final} exists and is not an empty directory")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed into place at the end: a failed export leaves nothing.
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        _write_hf_dir(store, sm, out, dtype)
+        if final.exists():
+            final.rmdir()
+        out.rename(final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_hf_dir(store: Store, sm: StoredModel, out: Path, dtype: str) -> None:
     tok = sm.tokenizer()
     vocab = tok.get_vocab_size(with_added_tokens=True)
     tensors = to_hf_state_dict(load_weights(store, sm.manifest), sm.model_cfg, vocab)
@@ -126,5 +142,4 @@ def export_hf(
     hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.model_max_length = sm.model_cfg.seq_length
     hf_tok.save_pretrained(str(out))
-    log.info("exported %s to %s (%d tensors, vocab %d)", sm.model_dir, out, len(tensors), vocab)
-    return out
+    log.info("exported %s (%d tensors, vocab %d)", sm.model_dir, len(tensors), vocab)

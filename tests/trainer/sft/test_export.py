@@ -93,3 +93,23 @@ def test_conversion_matches_for_gqa_and_tied_embeddings(tied: bool) -> None:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     got = _hf_logits(None, tokens, config=config, state=state)
     assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_failed_export_leaves_nothing_and_a_full_target_is_refused(
+    tiny_run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trainer.export as export
+
+    def broken_tokenizer(path: object) -> object:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "hf_tokenizer", broken_tokenizer)
+    with pytest.raises(OSError, match="disk full"):
+        export.export_hf(tiny_run.store, tiny_run.run, tiny_run.trained, tmp_path / "hf")
+    assert list(tmp_path.iterdir()) == [], "no partial export, no staging directory"
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not an empty directory"):
+        export.export_hf(tiny_run.store, tiny_run.run, tiny_run.trained, tmp_path / "full")
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
