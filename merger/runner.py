@@ -364,6 +364,23 @@ class Recovery:
         self.store, self.settings = store, settings
         self._anneal, self._evaluate = anneal, evaluate
         self._sent: dict[str, float] = {}
+        self._last_cleanup = -1e18
+
+    def cleanup(self, every_s: float = 3600.0) -> list[str]:
+        """At most every ``every_s``: remove leftovers of killed writers (a merge's staging dir).
+
+        Only what is older than the broker visibility timeout goes: by definition no live job
+        runs that long, so nothing still being written is touched. It walks the whole store,
+        which is why it runs hourly rather than with every sweep.
+        """
+        mono = time.monotonic()
+        if mono - self._last_cleanup < every_s:
+            return []
+        self._last_cleanup = mono
+        removed = self.store.cleanup_stale(older_than=float(self.settings.broker_visibility_timeout_s))
+        if removed:
+            log.info("cleanup: removed %d stale leftover(s): %s", len(removed), ", ".join(removed[:10]))
+        return removed
 
     def sweep(self) -> list[str]:
         stale = self.settings.job_stale_after_s

@@ -1,7 +1,8 @@
 """``wsm worker [--queues merge,eval]``: a Celery worker for anneal jobs, with the recovery sweep.
 
 Once the worker is ready, a background thread sweeps job records for lost jobs (stale heartbeat)
-and re-enqueues them, at start and every ``recovery_interval_s`` (merger/runner.py, Recovery).
+and re-enqueues them, at start and every ``recovery_interval_s`` (merger/runner.py, Recovery); once an
+hour it also removes killed writers' leftovers older than the broker visibility timeout.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def _recovery_loop(stop: threading.Event) -> None:
             resent = sweeper.sweep()
             if resent:
                 log.info("recovery: re-enqueued %d job(s): %s", len(resent), ", ".join(resent))
+            sweeper.cleanup()
         except Exception:  # the store or broker may be briefly unavailable; try again next round
             log.warning("recovery sweep failed", exc_info=True)
         if stop.wait(interval):

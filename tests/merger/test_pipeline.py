@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,26 @@ def test_recovery_resends_only_stale_jobs(store: Store, settings: Settings) -> N
     assert sweeper.sweep() == [stale.job_id]
     assert sent == [("anneal", stale.job_id)] and fresh.job_id not in sweeper.sweep()
     assert sweeper.sweep() == []  # not resent again within the staleness period
+
+
+def test_recovery_cleans_up_killed_writers_hourly_and_only_past_the_timeout(
+    store: Store, settings: Settings
+) -> None:
+    assert store.is_local
+    models = store.full_path("runs/r1/models")
+    old, young = os.path.join(models, ".tmp-anneal-x-dead"), os.path.join(models, ".tmp-anneal-y-live")
+    for d in (old, young):
+        os.makedirs(d)
+        with open(os.path.join(d, "model.safetensors"), "wb") as f:
+            f.write(b"partial")
+    past = time.time() - settings.broker_visibility_timeout_s - 60
+    for path in (old, os.path.join(old, "model.safetensors")):
+        os.utime(path, (past, past))
+    sweeper = runner.Recovery(store, settings, lambda r, j: None, lambda r, j: None)
+    assert sweeper.cleanup() == ["runs/r1/models/.tmp-anneal-x-dead"]
+    assert not os.path.exists(old) and os.path.exists(young), "a write still in progress is left alone"
+    os.utime(young, (past, past))
+    assert sweeper.cleanup() == [], "at most once per interval"
 
 
 def test_failed_evaluation_requeued_skips_the_merge(store: Store, settings: Settings) -> None:
