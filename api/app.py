@@ -6,9 +6,11 @@ Routes only validate and enqueue; merging and evaluation happen in Celery worker
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
@@ -17,6 +19,7 @@ from api import errors
 from api.enqueue import CeleryEnqueuer, Enqueuer
 from api.limits import BodySizeLimit
 from api.listing import CachedListing
+from api.publisher import Publisher
 from api.routes import anneal, health, models, runs
 from wsm.settings import Settings, get_settings
 from wsm.store import Store, open_store
@@ -39,7 +42,7 @@ def create_app(
 ) -> FastAPI:
     """Build the API. ``enqueuer`` is an Enqueuer or a zero-argument factory of one (default: Celery)."""
     settings = settings or get_settings()
-    app = FastAPI(title="wsm", version=wsm.__version__, description=DESCRIPTION)
+    app = FastAPI(title="wsm", version=wsm.__version__, description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     app.state.store = store or open_store(settings=settings)
     app.state.listing = CachedListing(app.state.store, ttl_s=settings.api_listing_ttl_s)
@@ -50,12 +53,24 @@ def create_app(
         app.state.enqueuer_factory = enqueuer
     else:
         app.state.enqueuer_factory = lambda: enqueuer
+    app.state.publisher = Publisher(
+        app.state.enqueuer_factory,
+        check_s=settings.api_broker_check_s,
+        retry_s=settings.api_broker_retry_s,
+    )
     errors.install(app)
     for module in (anneal, runs, models, health):
         app.include_router(module.router)
     _mount_dashboard(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # Hand over what was acknowledged but not yet published (the recovery sweep covers the rest).
+    await asyncio.to_thread(app.state.publisher.close)
 
 
 def _mount_dashboard(app: FastAPI) -> None:

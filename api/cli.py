@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--host", default=None, help="bind address (default WSM_API_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default WSM_API_PORT, 8000)")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="server processes (default WSM_API_WORKERS, 1)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         factory=True,
         host=host,
         port=port,
-        workers=args.workers,
+        workers=args.workers or settings.api_workers,
         log_level=settings.log_level.lower(),
         access_log=False,
     )

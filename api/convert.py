@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from api.schemas import (
+    AnnealAccepted,
     CheckpointOut,
     EvalOut,
     JobEvaluations,
@@ -33,10 +34,12 @@ def split_model_id(value: str) -> tuple[str, str]:
     return run, name
 
 
-def job_out(record: JobRecord, status_url: str) -> JobOut:
+def job_out(record: JobRecord, status_url: str, *, created: bool | None = None) -> JobOut:
+    """The API view of a job record; with ``created``, the answer to ``POST /anneal``."""
     spec = record.spec
     evals = {k: EvalOut.model_validate(v) for k, v in record.evals.items() if k in ("anneal", "baseline")}
-    return JobOut(
+    extra = {} if created is None else {"created": created}
+    return (JobOut if created is None else AnnealAccepted)(
         job_id=record.job_id,
         run=spec.run,
         state=record.state,
@@ -55,6 +58,7 @@ def job_out(record: JobRecord, status_url: str) -> JobOut:
         heartbeat_at=record.heartbeat_at,
         finished_at=record.finished_at,
         status_url=status_url,
+        **extra,
     )
 
 

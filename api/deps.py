@@ -1,4 +1,8 @@
-"""Request-scoped dependencies: the app's store, settings and enqueuer, and the bearer-token guard."""
+"""Request-scoped dependencies: the app's store, settings and enqueuer, and the bearer-token guard.
+
+They are ``async def`` on purpose: they only read ``app.state``, and FastAPI runs a plain ``def``
+dependency in its thread pool, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -11,37 +15,43 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.enqueue import Enqueuer
 from api.errors import ApiError
 from api.listing import CachedListing
+from api.publisher import Publisher
 from wsm.settings import Settings
 from wsm.store import Store, validate_name
 
 _bearer = HTTPBearer(auto_error=False, description="WSM_API_TOKEN, required on mutating endpoints when set")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def get_listing(request: Request) -> CachedListing:
+async def get_listing(request: Request) -> CachedListing:
     listing: CachedListing = request.app.state.listing
     return listing
 
 
-def get_enqueuer(request: Request) -> Enqueuer:
+async def get_enqueuer(request: Request) -> Enqueuer:
     enqueuer: Enqueuer = request.app.state.enqueuer_factory()
     return enqueuer
 
 
-def require_token(
+async def get_publisher(request: Request) -> Publisher:
+    publisher: Publisher = request.app.state.publisher
+    return publisher
+
+
+async def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Mutating endpoints: the bearer token must equal ``WSM_API_TOKEN`` (if one is configured)."""
-    expected = get_settings(request).api_token
+    expected = request.app.state.settings.api_token
     if not expected:
         return  # no token configured: `wsm serve` binds to loopback only
     given = credentials.credentials if credentials is not None else ""
@@ -63,3 +73,4 @@ StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 ListingDep = Annotated[CachedListing, Depends(get_listing)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]

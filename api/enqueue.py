@@ -51,5 +51,7 @@ class CeleryEnqueuer:
             with self._app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=3)
         except Exception as e:
-            raise BrokerUnavailable(f"{self.url}: {type(e).__name__}: {e}") from e
+            raise BrokerUnavailable(
+                f"the job broker ({self.url}) is unavailable: {type(e).__name__}: {e}"
+            ) from e
         return f"{self.url} answered"

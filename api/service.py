@@ -1,9 +1,9 @@
-"""Creating jobs: one record per job id, pinned checkpoints, then exactly one enqueue.
+"""Creating jobs: one record per job id, pinned checkpoints, then one message to the broker.
 
 Idempotent: the job id is derived from the request's inputs (merger/jobs.py), so asking twice
 returns the existing job. Concurrent identical requests in one API process are serialised per
-job id (only one creates the record and enqueues); across API replicas a duplicate message is
-harmless because the worker locks the job and finds it finished or running.
+job id (only one creates the record and enqueues); across API processes or replicas a duplicate
+message is harmless because the worker locks the job and finds it finished or running.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import threading
 import weakref
 from datetime import timedelta
 
-from api.enqueue import BrokerUnavailable, Enqueuer
+from api.publisher import Publisher
 from merger import jobs
 from merger.jobs import JobRecord, JobSpec, utcnow
 from wsm.store import Store
@@ -33,12 +33,14 @@ def _lock_for(job_id: str) -> threading.Lock:
         return lock
 
 
-def submit(store: Store, spec: JobSpec, enqueuer: Enqueuer) -> tuple[JobRecord, bool]:
+def submit(store: Store, spec: JobSpec, publisher: Publisher) -> tuple[JobRecord, bool]:
     """The job for ``spec`` and whether this call created (or restarted) it.
 
-    A queued, running or done job is returned as is; a failed one is queued again. The
-    checkpoints are pinned before the message is sent, so retention cannot delete them under the
-    job; if the broker refuses, the new record and pin are removed and BrokerUnavailable raised.
+    A queued, running or done job is returned as is; a failed one is queued again. A new job
+    needs a reachable broker (else :class:`BrokerUnavailable`, and nothing is written). Its
+    checkpoints are pinned, so retention cannot delete them under the job, and its record is
+    written durably; that is the acknowledgement. The broker message follows from the
+    publisher's thread (api/publisher.py says why that is safe).
     """
     job_id = spec.job_id()
     lock = _lock_for(job_id)
@@ -46,23 +48,14 @@ def submit(store: Store, spec: JobSpec, enqueuer: Enqueuer) -> tuple[JobRecord, 
         existing = jobs.find(store, spec.run, job_id)
         if existing is not None and existing.state != "failed":
             return existing, False
+        publisher.check()
         record = existing or JobRecord(job_id=job_id, spec=spec)
-        previous_error = record.error
         record.state, record.stage, record.progress = "queued", "queued", 0.0
         record.error, record.message, record.finished_at = None, "waiting for a merge worker", None
         record.enqueued_at = utcnow()
         store.pin(spec.run, job_id, spec.tokens, ttl=PIN_TTL)
         jobs.save(store, record)
-        try:
-            enqueuer.enqueue(spec.run, job_id)
-        except BrokerUnavailable:
-            if existing is None:
-                jobs.delete(store, spec.run, job_id)
-            else:
-                record.state, record.stage, record.error = "failed", "failed", previous_error
-                jobs.save(store, record)
-            store.unpin(spec.run, job_id)
-            raise
+        publisher.submit(spec.run, job_id)
         return record, True
 
 

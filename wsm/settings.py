@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     """Port of ``wsm serve``."""
 
+    api_workers: int = Field(default=1, ge=1)
+    """Server processes of ``wsm serve`` (each with its own publisher); more use more cores."""
+
     api_url: str = "http://127.0.0.1:8000"
     """Where ``wsm anneal`` finds the API."""
 
@@ -102,6 +105,12 @@ class Settings(BaseSettings):
 
     api_listing_ttl_s: float = 2.0
     """POST /anneal resolves windows against run/checkpoint listings cached this long (workers re-check)."""
+
+    api_broker_check_s: float = 5.0
+    """POST /anneal probes the broker itself when nothing was published or probed for this long."""
+
+    api_broker_retry_s: float = 1.0
+    """While the broker is down: how often the API probes it again (POST /anneal answers 503 meanwhile)."""
 
 
 @lru_cache(maxsize=1)

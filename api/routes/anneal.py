@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from api import service
 from api.convert import job_out
-from api.deps import EnqueuerDep, ListingDep, SettingsDep, StoreDep, require_token, run_name
+from api.deps import StoreDep, require_token, run_name
 from api.enqueue import BrokerUnavailable
 from api.errors import ApiError, responses
 from api.schemas import AnnealAccepted, AnnealRequest, JobList, JobOut
 from merger import jobs, pipeline
+from merger.jobs import JobRecord
 from wsm.store import validate_name
 
 router = APIRouter(tags=["anneal"])
 
 
 def _status_url(request: Request, job_id: str) -> str:
-    return str(request.url_for("get_job", job_id=job_id))
+    # base_url carries the root path; request.url_for would walk the whole route table per call.
+    return f"{request.base_url}anneal/{job_id}"
 
 
 @router.post(
@@ -31,41 +34,40 @@ def _status_url(request: Request, job_id: str) -> str:
     },
     summary="Anneal a window of a run's checkpoints",
 )
-def post_anneal(
-    body: AnnealRequest,
-    request: Request,
-    response: Response,
-    store: StoreDep,
-    settings: SettingsDep,
-    enqueuer: EnqueuerDep,
-    listing: ListingDep,
-) -> AnnealAccepted:
+async def post_anneal(body: AnnealRequest, request: Request) -> Response:
     """Resolve the window to checkpoints and weights (Theorem 3.1), create the job and enqueue it.
 
     Idempotent: the same run, curve, checkpoints and evaluation settings give the same job id; a
-    finished job is returned at once (200), a new or running one with 202.
+    finished job is returned at once (200), a new or running one with 202. A 202 means the job is
+    durably recorded; its broker message is sent right after, in the background.
     """
+    # The hot path of the service: one hop to a worker thread for everything that may block
+    # (listing refresh, store reads and writes), and the answer rendered once, here.
+    state = request.app.state
     curve = pipeline.curve_spec(body.curve, alpha=body.alpha, floor=body.floor)
     run = validate_name(body.run, "run name") if body.run is not None else None
-    spec = pipeline.resolve(
-        listing,
-        curve=curve,
-        window=body.window,
-        run=run,
-        interval=body.interval,
-        count=body.count,
-        end=body.end,
-        evaluate=body.evaluate,
-        eval_config=settings.eval_config,
-    )
+
+    def resolve_and_submit() -> tuple[JobRecord, bool]:
+        spec = pipeline.resolve(
+            state.listing,
+            curve=curve,
+            window=body.window,
+            run=run,
+            interval=body.interval,
+            count=body.count,
+            end=body.end,
+            evaluate=body.evaluate,
+            eval_config=state.settings.eval_config,
+        )
+        return service.submit(state.store, spec, state.publisher)
+
     try:
-        record, created = service.submit(store, spec, enqueuer)
+        record, created = await anyio.to_thread.run_sync(resolve_and_submit)
     except BrokerUnavailable as e:
         raise ApiError(503, "broker_unavailable", f"{e}; the job was not queued, try again later") from e
-    if record.state == "done":
-        response.status_code = status.HTTP_200_OK
-    out = job_out(record, _status_url(request, record.job_id))
-    return AnnealAccepted(**out.model_dump(), created=created)
+    out = job_out(record, _status_url(request, record.job_id), created=created)
+    code = status.HTTP_200_OK if record.state == "done" else status.HTTP_202_ACCEPTED
+    return Response(out.model_dump_json(), status_code=code, media_type="application/json")
 
 
 @router.get(

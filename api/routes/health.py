@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from api.deps import EnqueuerDep, StoreDep
+from api.deps import EnqueuerDep, PublisherDep, StoreDep
 from api.schemas import ComponentHealth, Health
 
 router = APIRouter(tags=["health"])
@@ -16,14 +16,17 @@ router = APIRouter(tags=["health"])
     responses={503: {"description": "Degraded", "model": Health}},
     summary="Health of the store and of the broker",
 )
-def healthz(response: Response, store: StoreDep, enqueuer: EnqueuerDep) -> Health:
+def healthz(response: Response, store: StoreDep, enqueuer: EnqueuerDep, publisher: PublisherDep) -> Health:
     try:
         runs = store.list_runs()
         store_health = ComponentHealth(ok=True, detail=f"{store.url}: {len(runs)} run(s)")
     except Exception as e:  # any failure to list is "store down", whatever the backend raised
         store_health = ComponentHealth(ok=False, detail=f"{store.url}: {type(e).__name__}: {e}")
     try:
-        broker_health = ComponentHealth(ok=True, detail=enqueuer.ping())
+        backlog = publisher.backlog
+        broker_health = ComponentHealth(
+            ok=True, detail=f"{enqueuer.ping()}; {backlog} accepted job(s) not yet sent"
+        )
     except Exception as e:
         broker_health = ComponentHealth(ok=False, detail=str(e))
     ok = store_health.ok and broker_health.ok

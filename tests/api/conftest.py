@@ -32,13 +32,25 @@ class FakeEnqueuer:
 
     def ping(self) -> str:
         if self.down:
-            raise BrokerUnavailable("fake://: connection refused")
+            raise BrokerUnavailable("the job broker (fake://) is unavailable: connection refused")
         return "fake broker answered"
+
+
+def published(client: TestClient, enqueuer: FakeEnqueuer) -> list[tuple[str, str]]:
+    """What the app's background publisher has handed to ``enqueuer`` once it caught up."""
+    assert client.app.state.publisher.flush(timeout=10), "the publisher did not catch up in 10 s"  # type: ignore[attr-defined]
+    return enqueuer.sent
 
 
 @pytest.fixture()
 def api_settings(tmp_path: Path) -> Settings:
-    return make_settings(store_url=str(tmp_path / "store"), state_dir=str(tmp_path / "state"), api_token=None)
+    # api_broker_retry_s=0: a broker that comes back is probed again at the next request.
+    return make_settings(
+        store_url=str(tmp_path / "store"),
+        state_dir=str(tmp_path / "state"),
+        api_token=None,
+        api_broker_retry_s=0,
+    )
 
 
 @pytest.fixture()

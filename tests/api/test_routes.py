@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.cli import bind_host
 from merger import jobs, runner
-from tests.api.conftest import FakeEnqueuer
+from tests.api.conftest import FakeEnqueuer, published
 from tests.api.fixtures import M
 from wsm.settings import Settings
 from wsm.store import Store
@@ -31,7 +31,7 @@ def test_post_anneal_enqueues_once_and_reports_the_selection(
     assert sel["window"] == 40 * M and sel["window_end"] == 100 * M
     assert sum(c["c"] for c in sel["checkpoints"]) == pytest.approx(1.0)
     assert job["status_url"].endswith(f"/anneal/{job['job_id']}")
-    assert enqueuer.sent == [("r1", job["job_id"])]
+    assert published(client, enqueuer) == [("r1", job["job_id"])]
     assert [p.job_id for p in run_store.list_pins("r1")] == [job["job_id"]]
     again = client.post("/anneal", json={**BODY, "curve": "minus_sqrt"})
     assert (
@@ -39,7 +39,7 @@ def test_post_anneal_enqueues_once_and_reports_the_selection(
         and again.json()["job_id"] == job["job_id"]
         and again.json()["created"] is False
     )
-    assert len(enqueuer.sent) == 1
+    assert len(published(client, enqueuer)) == 1
     status = client.get(f"/anneal/{job['job_id']}").json()
     assert status["stage"] == "queued" and status["model_id"] is None
     listed = client.get("/anneal", params={"run": "r1"}).json()["jobs"]
@@ -52,7 +52,7 @@ def test_concurrent_duplicates_create_one_job(client: TestClient, enqueuer: Fake
     assert {a.status_code for a in answers} == {202}
     assert len({a.json()["job_id"] for a in answers}) == 1
     assert sum(a.json()["created"] for a in answers) == 1
-    assert len(enqueuer.sent) == 1
+    assert len(published(client, enqueuer)) == 1
 
 
 def test_finished_job_returns_at_once_with_model(
@@ -62,7 +62,7 @@ def test_finished_job_returns_at_once_with_model(
     dispatch = runner.Dispatch(evaluate=lambda r, j: None, split=lambda *a: None)
     assert runner.anneal(run_store, api_settings, "sqla+sqlite:///x", "r1", job_id, dispatch) == "done"
     r = client.post("/anneal", json={**BODY, "evaluate": False})
-    assert r.status_code == 200 and r.json()["state"] == "done" and len(enqueuer.sent) == 1
+    assert r.status_code == 200 and r.json()["state"] == "done" and len(published(client, enqueuer)) == 1
     model_id = r.json()["model_id"]
     assert model_id.startswith("r1:anneal-1-sqrt-40M-at-100M-")
     model = client.get(f"/models/{model_id}").json()
@@ -102,7 +102,7 @@ def test_bad_requests_are_typed_4xx(
     r = client.post("/anneal", json=body)
     assert r.status_code == status, r.text
     assert r.json()["error"] == error and needle in r.json()["detail"], r.json()
-    assert enqueuer.sent == []
+    assert published(client, enqueuer) == []
 
 
 def test_unknown_run_lists_choices(client: TestClient) -> None:
