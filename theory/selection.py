@@ -10,6 +10,9 @@ changed save interval) uses the real positions, so the merge still matches the c
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -88,8 +91,10 @@ def _sorted_checkpoints(available: Iterable[int]) -> list[int]:
 
 
 def _nearest(values: list[int], target: int) -> int:
-    array = np.asarray(values)
-    return int(array[np.argmin(np.abs(array - target))])
+    """The value of sorted ``values`` closest to ``target`` (the lower one on a tie)."""
+    i = bisect.bisect_left(values, target)
+    candidates = values[max(i - 1, 0) : i + 1]
+    return min(candidates, key=lambda v: abs(v - target))
 
 
 def _snap(values: list[int], target: int, tolerance: float, what: str) -> int:
@@ -102,8 +107,14 @@ def _snap(values: list[int], target: int, tolerance: float, what: str) -> int:
     return nearest
 
 
+def _gaps(values: list[int]) -> list[int]:
+    return [b - a for a, b in itertools.pairwise(values)]
+
+
 def _typical_spacing(values: list[int]) -> float:
-    return float(np.median(np.diff(values))) if len(values) > 1 else 0.0
+    # Plain Python: runs have tens to thousands of checkpoints, where numpy's per-call overhead
+    # dominates, and this sits on the API's request path.
+    return float(statistics.median(_gaps(values))) if len(values) > 1 else 0.0
 
 
 def select_checkpoints(
@@ -161,7 +172,7 @@ def select_checkpoints(
         chosen = [t for t in in_run if t > start]
         inner = _typical_spacing(chosen)
         lead = chosen[0] - start
-        if len(chosen) >= 2 and lead > max(np.diff(chosen)) * (1 + SNAP_FRACTION):
+        if len(chosen) >= 2 and lead > max(_gaps(chosen)) * (1 + SNAP_FRACTION):
             raise TheoryError(
                 f"the window starts at {format_tokens(start)} tokens but its oldest checkpoint is at "
                 f"{format_tokens(chosen[0])}: the checkpoints are too sparse to cover it "
