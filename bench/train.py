@@ -1,12 +1,17 @@
 """Trainer throughput vs a plain PyTorch loop of the same Llama architecture and batch, and checkpoint stall.
 
     python bench/train.py [--config demo] [--steps 40] [--threads 2]
+    python bench/train.py --device cuda --set model.preset=125m --set data.vocab_size=32768 \
+        --set micro_batch_size=16 --set global_batch_size=32 --steps 20
 
-Both loops train fp32 on CPU with AdamW on the same batches (megatron GPTDataset samples) and the
-same thread count, alternating in one process so machine load hits both alike. Reported:
-tokens/s of each and their ratio (target >= 0.9); the checkpoint *stall* (snapshot on the
-training thread) as a fraction of a step at the config's save interval (target < 5%); and the
-throughput cost of saving in the background (steps with vs without checkpoints).
+Both loops train on the same batches (megatron GPTDataset samples), alternating in one process
+so machine load hits both alike. CPU: fp32, AdamW, the same thread count. CUDA: our trainer's
+megatron path (bf16 weights, fp32 main params and grads, megatron DDP and optimizer) against the
+plain loop under bf16 autocast with fp32 weights and fused AdamW. Reported: tokens/s of each and
+their ratio (target >= 0.9); the checkpoint *stall* (snapshot on the training thread) as a
+fraction of a step at the config's save interval (target < 5%); the throughput cost of saving in
+the background; on CUDA also model FLOPs utilisation (6N + attention per token, against
+--peak-tflops) and the trainer's peak GPU memory.
 """
 
 from __future__ import annotations
@@ -79,18 +84,27 @@ class PlainLlama(nn.Module):
         self.inv_freq = 1.0 / base ** (torch.arange(0, dim, 2).float() / dim)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        freqs = torch.outer(torch.arange(tokens.shape[1]).float(), self.inv_freq)
+        freqs = torch.outer(
+            torch.arange(tokens.shape[1], device=tokens.device).float(), self.inv_freq.to(tokens.device)
+        )
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos(), emb.sin()
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x, cos, sin)
         logits = self.head(self.norm(x))
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1))
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.reshape(-1))
 
 
 def _median_tps(times: list[float], tokens_per_step: int) -> float:
     return tokens_per_step / statistics.median(times)
+
+
+def flops_per_token(model: torch.nn.Module, layers: int, hidden: int, seq: int) -> tuple[int, float]:
+    """(N, training FLOPs per token): 6N for the matmuls of N non-embedding parameters (the output
+    layer counts, the input embedding is a lookup) plus 12·layers·hidden·seq for attention."""
+    n = sum(p.numel() for name, p in model.named_parameters() if "word_embeddings" not in name)
+    return n, 6.0 * n + 12.0 * layers * hidden * seq
 
 
 def main() -> None:
@@ -102,6 +116,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each loop")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="trainer config override (repeatable)"
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 SXM: 989)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("megatron", "trainer", "wsm"):
@@ -113,8 +134,17 @@ def main() -> None:
     from trainer.units import parse_tokens, tokens_to_steps
     from wsm.store import Store
 
-    base = load_config(args.config, [f"threads={args.threads}"])
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda") if cuda else torch.device("cpu")
+    base = load_config(
+        args.config, [f"threads={args.threads}", f"device={'cuda' if cuda else 'cpu'}", *args.set]
+    )
     tps = base.tokens_per_step
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     save_steps = tokens_to_steps(parse_tokens(base.checkpoint.save_every), tps)
     warm = 3
     results: dict[str, list[float]] = {"trainer": [], "plain": []}
@@ -127,6 +157,7 @@ def main() -> None:
         )
         trainer = Trainer(cfg, store=store, save_checkpoints=False)
         source = trainer.source
+        n_params, fpt = flops_per_token(trainer.model, m.num_layers, m.hidden_size, m.seq_length)
         torch.manual_seed(0)
         plain = PlainLlama(
             trainer.vocab,
@@ -137,33 +168,47 @@ def main() -> None:
             m.num_query_groups,
             m.norm_epsilon,
             m.rotary_base,
-        )
+        ).to(device)
         decay = [p for p in plain.parameters() if p.ndim >= 2]
         rest = [p for p in plain.parameters() if p.ndim < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
             lr=base.optim.lr,
             betas=(0.9, 0.95),
-            foreach=True,
+            **({"fused": True} if cuda else {"foreach": True}),
         )
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
         plain_step = 0
+        peak = {"trainer": 0, "plain": 0}
         for rnd in range(args.rounds):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             trainer.stop_step = trainer.step + args.steps + warm
             r = trainer.train()
             results["trainer"].extend(r.step_times_s[warm:])
+            if cuda:
+                peak["trainer"] = max(peak["trainer"], torch.cuda.max_memory_allocated())
+                torch.cuda.reset_peak_memory_stats()
             times = []
             for i in range(args.steps + warm):
+                sync()
                 t0 = time.perf_counter()
                 for micro in range(source.num_micro):
                     batch = source.get(plain_step, micro)
-                    loss = plain(batch["tokens"], batch["labels"]) / source.num_micro
+                    with autocast:
+                        loss = (
+                            plain(batch["tokens"].to(device), batch["labels"].to(device)) / source.num_micro
+                        )
                     loss.backward()
                 torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 plain_step += 1
+                sync()
                 if i >= warm:
                     times.append(time.perf_counter() - t0)
+            if cuda:
+                peak["plain"] = max(peak["plain"], torch.cuda.max_memory_allocated())
             results["plain"].extend(times)
             log.info(
                 "round %d: trainer %.0f tok/s, plain %.0f tok/s",
@@ -185,8 +230,10 @@ def main() -> None:
 
     trainer_tps = _median_tps(results["trainer"], tps)
     plain_tps = _median_tps(results["plain"], tps)
-    figures = {
+    figures: dict[str, object] = {
         "config": args.config,
+        "overrides": args.set,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
         "threads": args.threads,
         "tokens_per_step": tps,
         "trainer_tokens_per_s": round(trainer_tps),
@@ -198,7 +245,17 @@ def main() -> None:
         "stall_fraction_of_step": round(stall / median_step, 4),
         "stall_fraction_of_interval": round(stall / (median_step * save_steps), 5),
         "steps_after_save_slowdown": round(statistics.mean(after) / median_step - 1, 3) if after else None,
+        "non_embedding_params": n_params,
+        "train_flops_per_token": fpt,
     }
+    if cuda:
+        figures.update(
+            trainer_mfu=round(trainer_tps * fpt / (args.peak_tflops * 1e12), 4),
+            plain_mfu=round(plain_tps * fpt / (args.peak_tflops * 1e12), 4),
+            peak_tflops=args.peak_tflops,
+            trainer_peak_mem_gib=round(peak["trainer"] / 2**30, 2),
+            plain_peak_mem_gib=round(peak["plain"] / 2**30, 2),
+        )
     print(json.dumps(figures, indent=1))
     if args.json:
         with open(args.json, "w") as fh:

@@ -197,6 +197,10 @@ class ParallelConfig(_Section):
     tensor_parallel: int = Field(default=1, ge=1)
     """Tensor-parallel size (must divide query groups, heads and FFN)."""
 
+    distributed_optimizer: bool | None = None
+    """GPU: megatron's distributed optimizer (optimizer state sharded over data-parallel ranks);
+    None uses it whenever data-parallel size > 1. Resuming needs the same choice. CPU: must stay None."""
+
 
 class TrainConfig(_Section):
     """A pre-training run."""

@@ -93,26 +93,73 @@ class CPUEngine:
         )
 
 
+def _to_cpu(obj: Any) -> Any:
+    """A copy of ``obj`` (nested dicts, lists, tuples) with every tensor cloned to the CPU.
+
+    Optimizer state dicts hold *references* to the live (CUDA) moments and main params; a
+    background save must not see the next step's in-place updates.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def chained(optimizer: Any) -> list[Any]:
+    """The optimizers inside megatron's ``ChainedOptimizer`` (``get_megatron_optimizer`` always returns one)."""
+    return list(getattr(optimizer, "chained_optimizers", None) or [optimizer])
+
+
+def is_distributed_optimizer(optimizer: Any) -> bool:
+    return hasattr(optimizer, "get_parameter_state_dp_zero")
+
+
+def _load_distributed_parameter_state(opt: Any, state: Any) -> None:
+    """``load_parameter_state_from_dp_zero`` (collective over DP: rank 0 scatters, the others pass
+    None) around two defects of megatron-core 0.16 with torch's AdamW (no TE/apex):
+    ``load_state_dict`` puts a ``step`` entry into every parameter's state, which the state loader
+    then expects in the checkpoint (KeyError), and that entry is *one* tensor shared by all
+    parameters, which torch's foreach AdamW would advance once per parameter and step."""
+    inner = opt.optimizer.state
+    steps = {p: st.pop("step") for p, st in inner.items() if "step" in st}
+    opt.load_parameter_state_from_dp_zero(state)
+    for p, step in steps.items():
+        inner[p]["step"] = step.detach().clone()
+
+
 class GPUEngine:
     """bf16 with fp32 main params: megatron DDP (bucketed grad reduction) + (distributed) optimizer.
 
+    The distributed optimizer is used when data parallel (``distributed=None``), or as asked.
     Written for CUDA machines; the CI here has no GPU, so tests skip it.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: OptimConfig, info: DistInfo, *, bf16: bool) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: OptimConfig,
+        info: DistInfo,
+        *,
+        bf16: bool,
+        distributed: bool | None = None,
+    ) -> None:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.transformer.module import Float16Module
 
         self.info = info
         self.device = torch.device("cuda", torch.cuda.current_device())
+        self.distributed = info.dp_size > 1 if distributed is None else distributed
         config = model.config
         wrapped: torch.nn.Module = Float16Module(config, model) if bf16 else model
         ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=info.dp_size > 1
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=self.distributed
         )
         self.model = DistributedDataParallel(config, ddp_config, wrapped)
         self.module = model
-        self.optimizer = build_megatron_optimizer(self.model, cfg, bf16=bf16, distributed=info.dp_size > 1)
+        self.optimizer = build_megatron_optimizer(self.model, cfg, bf16=bf16, distributed=self.distributed)
 
     @property
     def param_groups_owner(self) -> Any:
@@ -139,16 +186,17 @@ class GPUEngine:
         return token_loss(self.model, batch, self.device).cpu()
 
     def snapshot_optimizer(self) -> tuple[dict[str, torch.Tensor], Any]:
-        # Layout-dependent: per TP rank, the DP-gathered parameter state plus the optimizer's own
-        # state dict; everything is collected on global rank 0, which writes the checkpoint.
-        param_state = (
-            self.optimizer.get_parameter_state_dp_zero()
-            if hasattr(self.optimizer, "get_parameter_state_dp_zero")
-            else None
-        )
+        # Layout-dependent: per rank, the optimizer's own state dict (CPU copies) and, for the
+        # distributed optimizer, the DP-gathered parameter state of each chained optimizer
+        # (collective over DP; None on DP ranks other than 0); everything is collected on global
+        # rank 0, which writes the checkpoint.
+        parts = chained(self.optimizer)
+        param_state = [
+            opt.get_parameter_state_dp_zero() if is_distributed_optimizer(opt) else None for opt in parts
+        ]
         local = {
             "tp_rank": self.info.tp_rank,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
             "param_state": param_state,
             "rng_cuda": torch.cuda.get_rng_state(),
         }
@@ -158,7 +206,12 @@ class GPUEngine:
         else:
             gathered = [local]
         tensors = {"rng/torch": torch.get_rng_state().clone()}
-        return tensors, {"world_size": self.info.world_size, "tp_size": self.info.tp_size, "ranks": gathered}
+        return tensors, {
+            "world_size": self.info.world_size,
+            "tp_size": self.info.tp_size,
+            "distributed_optimizer": self.distributed,
+            "ranks": gathered,
+        }
 
     def restore_optimizer(
         self, tensors: dict[str, torch.Tensor], megatron_state: Any, adam_step: int
@@ -170,10 +223,17 @@ class GPUEngine:
             or megatron_state["tp_size"] != self.info.tp_size
         ):
             raise ValueError("GPU training state can only be resumed with the same world size and TP size")
+        if bool(megatron_state.get("distributed_optimizer")) != self.distributed:
+            raise ValueError(
+                "GPU training state was written "
+                f"{'with' if megatron_state.get('distributed_optimizer') else 'without'} the distributed "
+                "optimizer and must be resumed the same way"
+            )
         mine = megatron_state["ranks"][self.info.rank]
         self.optimizer.load_state_dict(mine["optimizer"])
-        if mine["param_state"] is not None and hasattr(self.optimizer, "load_parameter_state_from_dp_zero"):
-            self.optimizer.load_parameter_state_from_dp_zero(mine["param_state"])
+        for opt, state in zip(chained(self.optimizer), mine["param_state"], strict=True):
+            if is_distributed_optimizer(opt):
+                _load_distributed_parameter_state(opt, state)
         torch.cuda.set_rng_state(mine["rng_cuda"])
         if "rng/torch" in tensors:
             torch.set_rng_state(tensors["rng/torch"])

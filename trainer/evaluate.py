@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
@@ -136,6 +137,8 @@ def pick_device(choice: str) -> torch.device:
 def deterministic(seed: int) -> Iterator[None]:
     """Seeded generators and deterministic kernels for the duration; the previous mode is restored."""
     previous = torch.are_deterministic_algorithms_enabled()
+    # cuBLAS is deterministic only with a fixed workspace; read when its first handle is made.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
     # warn_only: an op without a deterministic kernel warns instead of failing the evaluation.
     torch.use_deterministic_algorithms(True, warn_only=True)

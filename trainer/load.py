@@ -138,7 +138,9 @@ def build_stored_model(store: Store, sm: StoredModel, device: torch.device) -> G
     Built with the local (non-TE) spec even on GPU: sharpness needs double backward, which fused
     kernels lack, and evaluation should not depend on which fused kernels a machine has.
     """
-    init_distributed(1, cuda=False)
+    # The group's backend follows the device: megatron's loss all-reduces over the TP group even
+    # at TP=1, and the model's tensors live on ``device``.
+    init_distributed(1, cuda=device.type == "cuda")
     model = build_model(sm.model_cfg, sm.padded_vocab, cuda=False)
     load_full_state_dict(model, load_weights(store, sm.manifest))
     return model.to(device).eval()

@@ -22,7 +22,15 @@ import torch.distributed as dist
 from trainer.checkpoint import AsyncSaver, Snapshot, load_checkpoint, load_weights_into, snapshot_weights
 from trainer.config import TrainConfig
 from trainer.data import BatchSource, PreparedData, build_datasets, epoch_samples, prepare_data
-from trainer.distributed import DistInfo, barrier, broadcast_object, dp_group, init_distributed, tp_group
+from trainer.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    collective_device,
+    dp_group,
+    init_distributed,
+    tp_group,
+)
 from trainer.engine import CPUEngine, GPUEngine
 from trainer.metrics import MetricsSink
 from trainer.model import build_model, count_parameters, padded_vocab_size
@@ -93,6 +101,10 @@ class Trainer:
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.cuda)
         if self.bf16 and not self.cuda:
             raise ValueError("precision=bf16 needs CUDA (megatron's CPU backward fails under bf16 autocast)")
+        if cfg.parallel.distributed_optimizer is not None and not self.cuda:
+            raise ValueError(
+                "parallel.distributed_optimizer is megatron's GPU optimizer; leave it unset on CPU"
+            )
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.info = init_distributed(cfg.parallel.tensor_parallel, cuda=self.cuda)
@@ -134,12 +146,19 @@ class Trainer:
             bf16=self.bf16,
         )
         self.engine: CPUEngine | GPUEngine = (
-            GPUEngine(self.model, cfg.optim, self.info, bf16=self.bf16)
+            GPUEngine(
+                self.model,
+                cfg.optim,
+                self.info,
+                bf16=self.bf16,
+                distributed=cfg.parallel.distributed_optimizer,
+            )
             if self.cuda
             else CPUEngine(self.model, cfg.optim, self.info)
         )
         self.step = 0
         self.last_saved_step = -1
+        self._snapshot_split_s = (0.0, 0.0)
         self.desc = describe_run(cfg, self.prepared, self.spec, self.vocab)
         if save_checkpoints and self.info.is_main:
             ensure_run(self.store, cfg, self.prepared, self.desc)
@@ -162,11 +181,23 @@ class Trainer:
             "model: %s parameters/rank (vocab %d), %s, TP=%d DP=%d, %s tokens/step, checkpoint every %s tokens",
             f"{count_parameters(self.model):,}",
             self.vocab,
-            "cuda/bf16" if self.bf16 else ("cuda" if self.cuda else "cpu/fp32"),
+            self._describe_device(),
             self.info.tp_size,
             self.info.dp_size,
             format_tokens(self.tokens_per_step),
             format_tokens(self.save_every_tokens),
+        )
+
+    def _describe_device(self) -> str:
+        if not self.cuda:
+            return "cpu/fp32"
+        from trainer.model import have_transformer_engine
+
+        engine = self.engine
+        return "cuda/{}, {} spec, {} optimizer".format(
+            "bf16" if self.bf16 else "fp32",
+            "TE" if have_transformer_engine() else "local",
+            "distributed" if isinstance(engine, GPUEngine) and engine.distributed else "megatron",
         )
 
     # -- resume -------------------------------------------------------------------------------
@@ -197,8 +228,11 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     def snapshot(self, extra: dict[str, Any] | None = None) -> Snapshot | None:
         """Collective: full weights and training state on rank 0 (None elsewhere)."""
+        start = time.perf_counter()
         weights = snapshot_weights(self.model, tp_group=tp_group(), tp_size=self.info.tp_size)
+        mid = time.perf_counter()
         optim, megatron_optim = self.engine.snapshot_optimizer()
+        self._snapshot_split_s = (mid - start, time.perf_counter() - mid)
         if not self.info.is_main:
             return None
         tokens = self.step * self.tokens_per_step
@@ -244,9 +278,11 @@ class Trainer:
         result.stalls_s.append(stall)
         result.checkpoints.append(snap.tokens)
         log.info(
-            "checkpoint %s tokens: stall %.3fs (%.3fs waiting for the previous save)",
+            "checkpoint %s tokens: stall %.3fs (weights %.3fs, optimizer state %.3fs, %.3fs waiting for "
+            "the previous save)",
             format_tokens(snap.tokens),
             stall,
+            *self._snapshot_split_s,
             waited,
         )
 
@@ -271,7 +307,9 @@ class Trainer:
                 [float(self.engine.eval_loss(batch)) * len(idx), len(idx)], dtype=torch.float64
             )
         if self.info.dp_size > 1:
+            total = total.to(collective_device())
             dist.all_reduce(total, group=dp_group())
+            total = total.cpu()
         return float(total[0] / total[1]) if total[1] else None
 
     # -- the loop -----------------------------------------------------------------------------
@@ -333,10 +371,11 @@ class Trainer:
         return result
 
     def _stop_requested(self, stop: StopFlag) -> bool:
-        flag = torch.tensor([1 if stop.requested else 0])
-        if self.info.world_size > 1:
-            # Every rank must leave the loop at the same step (collectives follow).
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if self.info.world_size == 1:
+            return stop.requested
+        # Every rank must leave the loop at the same step (collectives follow).
+        flag = torch.tensor([1 if stop.requested else 0], device=collective_device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
     def _finish(self, result: TrainResult, stop: StopFlag) -> None:
@@ -357,7 +396,7 @@ class Trainer:
     def _dp_mean(self, value: float) -> float:
         if self.info.dp_size == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=collective_device())
         dist.all_reduce(t, group=dp_group())
         return float(t.item() / self.info.dp_size)
 
@@ -375,8 +414,10 @@ class Trainer:
         if not self.info.is_main:
             return
         nxt = ""
+        if self.cuda:
+            nxt += f" | peak mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
         if self.save_checkpoints:
-            nxt = f" | next ckpt {format_tokens(self._next_save_tokens(self.step))}"
+            nxt += f" | next ckpt {format_tokens(self._next_save_tokens(self.step))}"
         log.info(
             "step %d | tokens %s | loss %.4f | lr %.3e | gnorm %.3f | %s tok/s%s",
             self.step,

@@ -79,11 +79,34 @@ class SDPACoreAttention(MegatronModule):  # type: ignore[misc]
 
 
 class CPURotaryEmbedding(RotaryEmbedding):  # type: ignore[misc]
-    """megatron's RoPE without the unconditional move of ``inv_freq`` to CUDA (non-interleaved)."""
+    """megatron's RoPE without the unconditional move of ``inv_freq`` to CUDA (non-interleaved).
+
+    ``inv_freq`` is a plain attribute in megatron; :func:`follow_module_device` makes it a
+    non-persistent buffer, so a model built on the CPU and moved with ``.to("cuda")`` (evaluation
+    does that) computes its rotations where its weights are. It stays float32 whatever the model's
+    dtype, and moving the model drops megatron's cache of ``forward`` (it would hand back
+    embeddings on the old device).
+    """
 
     def get_emb(self, max_seq_len: int, offset: int = 0) -> torch.Tensor:
         freqs = self.get_freqs_non_repeated(max_seq_len, offset)
         return torch.cat((freqs, freqs), dim=-1)[:, None, None, :]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> CPURotaryEmbedding:
+        super()._apply(fn, recurse)
+        inv_freq = self._buffers.get("inv_freq")
+        if inv_freq is not None and inv_freq.dtype != torch.float32:
+            self._buffers["inv_freq"] = inv_freq.float()
+        cache_clear = getattr(RotaryEmbedding.forward, "cache_clear", None)
+        if cache_clear is not None:
+            cache_clear()
+        return self
+
+    def follow_module_device(self) -> None:
+        """Turn ``inv_freq`` into a buffer that ``Module.to`` moves (idempotent)."""
+        if "inv_freq" not in self._buffers:
+            inv_freq = self.__dict__.pop("inv_freq")
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
 
 
 def have_transformer_engine() -> bool:
@@ -174,6 +197,7 @@ def build_model(
     if not cuda:
         # Swapping the class keeps the constructed inv_freq and megatron's caching of forward().
         model.rotary_pos_emb.__class__ = CPURotaryEmbedding
+        model.rotary_pos_emb.follow_module_device()
     else:
         model.cuda(torch.cuda.current_device())
     return model

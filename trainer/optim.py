@@ -57,17 +57,23 @@ def build_adamw(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 def grad_norm(
     model: torch.nn.Module, tp_group: dist.ProcessGroup | None, tp_rank: int, tp_size: int
 ) -> torch.Tensor:
-    """Global L2 norm of the gradients of the full (unsharded) model."""
-    sharded_sq = torch.zeros((), dtype=torch.float32)
-    replicated_sq = torch.zeros((), dtype=torch.float32)
+    """Global L2 norm of the gradients of the full (unsharded) model (a CPU scalar).
+
+    The squares are summed where the gradients live and copied to the CPU once (per-parameter
+    copies would synchronise a GPU once per parameter, as SFT on CUDA does every step).
+    """
+    sharded: list[torch.Tensor] = []
+    replicated: list[torch.Tensor] = []
     for p in unwrap(model).parameters():
         if p.grad is None:
             continue
-        sq = p.grad.detach().float().pow(2).sum().cpu()
-        if tp_size > 1 and getattr(p, "tensor_model_parallel", False):
-            sharded_sq += sq
-        else:
-            replicated_sq += sq
+        sq = p.grad.detach().float().pow(2).sum()
+        (sharded if tp_size > 1 and getattr(p, "tensor_model_parallel", False) else replicated).append(sq)
+
+    def total(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(parts).sum().cpu() if parts else torch.zeros((), dtype=torch.float32)
+
+    sharded_sq, replicated_sq = total(sharded), total(replicated)
     if tp_size > 1:
         dist.all_reduce(sharded_sq, group=tp_group)
     return (sharded_sq + replicated_sq).sqrt()
@@ -91,7 +97,10 @@ def build_megatron_optimizer(
 
     config = OptimizerConfig(
         optimizer="adam",
+        # Placeholders: megatron copies them into every param group as max_lr/min_lr, and
+        # trainer.schedule.build_scheduler overwrites those with the run's schedule.
         lr=0.0,
+        min_lr=0.0,
         weight_decay=cfg.weight_decay,
         adam_beta1=cfg.beta1,
         adam_beta2=cfg.beta2,
@@ -101,5 +110,7 @@ def build_megatron_optimizer(
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=distributed,
     )
-    # Default overrides: no weight decay on biases and 1-D parameters, as on CPU.
-    return get_megatron_optimizer(config, [model])
+    # Default overrides: no weight decay on biases and 1-D parameters, as on CPU. The Gloo twins
+    # of the DP groups (trainer.distributed creates them on CUDA) carry the distributed
+    # optimizer's state to and from DP rank 0 for checkpoints.
+    return get_megatron_optimizer(config, [model], use_gloo_process_groups=True)

@@ -98,6 +98,11 @@ def build_scheduler(
     """megatron's scheduler for ``spec``, positioned after ``steps_done`` optimizer steps."""
     style = {"wso": "constant", "wsd": "WSD", "cosine": "cosine", "linear": "linear"}[spec.style]
     decay_end = spec.decay_end_step if spec.decay_end_step is not None else _FOREVER
+    for group in optimizer.param_groups:
+        # megatron's scheduler prefers a group's own max_lr/min_lr to its arguments, and megatron's
+        # optimizer fills them from its OptimizerConfig (placeholders there): the spec decides.
+        group["max_lr"] = spec.max_lr
+        group["min_lr"] = spec.min_lr
     sched = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,

@@ -40,6 +40,8 @@ def tiny_overrides(cache_dir: Path | str, **extra: Any) -> list[str]:
         "log_every": 5,
         "threads": 1,
         "seed": 7,
+        # CPU semantics (fp32, bit-exact resume, gloo torchrun) on every machine; GPU tests ask for cuda.
+        "device": "cpu",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
