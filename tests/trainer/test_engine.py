@@ -44,22 +44,10 @@ def test_optimizer_state_copy_is_detached_from_live_tensors() -> None:
     assert chained(opt) == [opt]
 
 
-def test_cpu_built_rope_follows_the_model(data_cache: Path) -> None:
-    from trainer.config import ModelConfig
-    from trainer.distributed import init_distributed
-    from trainer.model import build_model
+def test_cpu_built_rope_follows_the_model() -> None:
+    from tests.trainer.sft.conftest import micro_model
 
-    init_distributed(1)
-    cfg = ModelConfig(
-        preset=None,
-        num_layers=1,
-        hidden_size=32,
-        ffn_hidden_size=64,
-        num_attention_heads=4,
-        num_query_groups=2,
-        seq_length=16,
-    )
-    model = build_model(cfg, 128, seed=0)
+    model = micro_model(seq_length=16)
     rope = model.rotary_pos_emb
     assert "rotary_pos_emb.inv_freq" in dict(model.named_buffers())
     assert not any("inv_freq" in k for k in model.state_dict())  # not persistent: checkpoints unchanged
