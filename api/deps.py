@@ -1,4 +1,4 @@
-"""Request-scoped dependencies: the app's store, settings and enqueuer, and the bearer-token guard.
+"""Request-scoped dependencies: the app's store and publisher, and the bearer-token guard.
 
 They are ``async def`` on purpose: they only read ``app.state``, and FastAPI runs a plain ``def``
 dependency in its thread pool, a thread hop per dependency per request.
@@ -12,34 +12,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.enqueue import Enqueuer
 from api.errors import ApiError
-from api.listing import CachedListing
 from api.publisher import Publisher
-from wsm.settings import Settings
 from wsm.store import Store, validate_name
 
 _bearer = HTTPBearer(auto_error=False, description="WSM_API_TOKEN, required on mutating endpoints when set")
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
-
-
-async def get_listing(request: Request) -> CachedListing:
-    listing: CachedListing = request.app.state.listing
-    return listing
-
-
-async def get_enqueuer(request: Request) -> Enqueuer:
-    enqueuer: Enqueuer = request.app.state.enqueuer_factory()
-    return enqueuer
 
 
 async def get_publisher(request: Request) -> Publisher:
@@ -70,7 +52,4 @@ def run_name(run: str) -> str:
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
-ListingDep = Annotated[CachedListing, Depends(get_listing)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]

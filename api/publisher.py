@@ -58,12 +58,20 @@ class Publisher:
             raise down
         if down is None and now - last_ok < self.check_s:
             return
+        self.probe()
+
+    def probe(self) -> str:
+        """Ping the broker now and remember the answer (``/healthz`` and stale checks use this).
+
+        Returns the broker's description; raises :class:`BrokerUnavailable` if it does not answer.
+        """
         try:
-            self._enqueuer().ping()
+            detail = self._enqueuer().ping()
         except BrokerUnavailable as e:
             self._mark_down(e)
             raise
         self._mark_up()
+        return detail
 
     def _mark_up(self) -> None:
         with self._cond:

@@ -83,8 +83,10 @@ class KeepAliveClient:
         return status
 
     def close(self) -> None:
+        """Drop the connection; the next request opens a new one."""
         if self._writer is not None:
             self._writer.close()
+        self._reader = self._writer = None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -126,7 +128,6 @@ async def hammer(
             except (OSError, RuntimeError, asyncio.IncompleteReadError) as e:
                 code = type(e).__name__  # counted, not hidden: a dropped connection is a failure
                 conn.close()
-                conn._writer = None
             latencies.append(time.perf_counter() - t)
             statuses[code] = statuses.get(code, 0) + 1
 

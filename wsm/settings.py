@@ -106,10 +106,10 @@ class Settings(BaseSettings):
     api_listing_ttl_s: float = 2.0
     """POST /anneal resolves windows against run/checkpoint listings cached this long (workers re-check)."""
 
-    api_broker_check_s: float = 5.0
+    api_broker_check_s: float = Field(default=5.0, ge=0)
     """POST /anneal probes the broker itself when nothing was published or probed for this long."""
 
-    api_broker_retry_s: float = 1.0
+    api_broker_retry_s: float = Field(default=1.0, ge=0)
     """While the broker is down: how often the API probes it again (POST /anneal answers 503 meanwhile)."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from api.deps import EnqueuerDep, PublisherDep, StoreDep
+from api.deps import PublisherDep, StoreDep
 from api.schemas import ComponentHealth, Health
 
 router = APIRouter(tags=["health"])
@@ -16,7 +16,7 @@ router = APIRouter(tags=["health"])
     responses={503: {"description": "Degraded", "model": Health}},
     summary="Health of the store and of the broker",
 )
-def healthz(response: Response, store: StoreDep, enqueuer: EnqueuerDep, publisher: PublisherDep) -> Health:
+def healthz(response: Response, store: StoreDep, publisher: PublisherDep) -> Health:
     try:
         runs = store.list_runs()
         store_health = ComponentHealth(ok=True, detail=f"{store.url}: {len(runs)} run(s)")
@@ -25,7 +25,7 @@ def healthz(response: Response, store: StoreDep, enqueuer: EnqueuerDep, publishe
     try:
         backlog = publisher.backlog
         broker_health = ComponentHealth(
-            ok=True, detail=f"{enqueuer.ping()}; {backlog} accepted job(s) not yet sent"
+            ok=True, detail=f"{publisher.probe()}; {backlog} accepted job(s) not yet sent"
         )
     except Exception as e:
         broker_health = ComponentHealth(ok=False, detail=str(e))

@@ -136,3 +136,19 @@ def test_broker_failing_after_acknowledgement_still_delivers(
     enqueuer.down = False
     sent = published(client, enqueuer)
     assert [j for _, j in sent] == [first.json()["job_id"], accepted.json()["job_id"]]
+
+
+def test_a_health_probe_updates_what_requests_see() -> None:
+    """``/healthz`` probes through the publisher: one notion of broker health, not two."""
+    enqueuer = FlakyEnqueuer()
+    enqueuer.down = True
+    publisher = Publisher(lambda: enqueuer, check_s=60, retry_s=60)
+    with pytest.raises(BrokerUnavailable):
+        publisher.probe()
+    with pytest.raises(BrokerUnavailable):
+        publisher.check()  # answered from the probe's result, no second ping
+    assert enqueuer.pings == 1
+    enqueuer.down = False
+    assert publisher.probe() == "fake broker answered"
+    publisher.check()
+    assert enqueuer.pings == 2

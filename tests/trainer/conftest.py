@@ -7,6 +7,9 @@ Trainer in the session (and every subprocess, via WSM_CACHE_DIR) hits the cache.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,3 +72,30 @@ def local_store(tmp_path: Path) -> Any:
 def _quiet_megatron() -> Iterator[None]:
     logging.getLogger("megatron").setLevel(logging.WARNING)
     yield
+
+
+def torchrun_train(nproc: int, overrides: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc-per-node N -m wsm.cli train --set ...``; fails the test on error."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "wsm.cli",
+        "train",
+        *[a for s in overrides for a in ("--set", s)],
+    ]
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        cmd,
+        cwd=root,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **env},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from tests.trainer.conftest import tiny_overrides
+from tests.trainer.conftest import tiny_overrides, torchrun_train
 from trainer.checkpoint import load_checkpoint
 from trainer.config import load_config
 from trainer.loop import Trainer
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS_TOKENS = 2560  # 10 steps
 
 
@@ -35,23 +31,7 @@ def _torchrun(tmp_path: Path, overrides: list[str]) -> Any:
     from wsm.store import Store
 
     store_dir = tmp_path / "store"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "wsm.cli",
-        "train",
-        *[a for s in overrides for a in ("--set", s)],
-        "--set",
-        f"store={store_dir}",
-    ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    torchrun_train(2, [*overrides, f"store={store_dir}"], OMP_NUM_THREADS="1")
     store = Store(str(store_dir))
     return load_checkpoint(store, store.latest_checkpoint("dist"), with_state=False).weights
 

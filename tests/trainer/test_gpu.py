@@ -8,23 +8,18 @@ left by earlier tests being replaced by an NCCL one.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from tests.trainer.conftest import tiny_overrides
+from tests.trainer.conftest import tiny_overrides, torchrun_train
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(cache: Path, run: str, **extra: Any) -> Any:
@@ -122,25 +117,7 @@ def test_gpu_torchrun_one_rank_with_the_distributed_optimizer(data_cache: Path, 
         data_cache, run="tr", device="cuda", **{"parallel.distributed_optimizer": True}
     )
     for tokens in (2560, 5120):  # the second start resumes from the first one's checkpoint
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "1",
-            "-m",
-            "wsm.cli",
-            "train",
-            *[a for s in overrides for a in ("--set", s)],
-            "--set",
-            f"train_tokens={tokens}",
-            "--set",
-            f"store={store_dir}",
-        ]
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        proc = torchrun_train(1, [*overrides, f"train_tokens={tokens}", f"store={store_dir}"])
     out = proc.stdout + proc.stderr
     assert "resumed from" in out and "distributed optimizer" in out, out[-3000:]
     store = Store(str(store_dir))
