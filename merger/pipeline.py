@@ -344,7 +344,8 @@ def evaluate(
     store: Store, spec: JobSpec, target: str, progress: Callable[..., Any] | None = None
 ) -> EvalManifest:
     """Run (or reuse) the SFT evaluation of one store-relative model dir with the job's config."""
-    from trainer.evaluate import EvalConfig, evaluate_model
+    from trainer.evaluate import evaluate_model
+    from wsm.eval_config import EvalConfig
 
     config = _eval_config(EvalConfig, spec.eval_config)
     return evaluate_model(store, spec.run, target, config, progress=progress)

@@ -21,28 +21,7 @@ import torch
 
 from merger.errors import CorruptFileError
 
-# safetensors dtype code -> (torch dtype, bytes per element, is floating point)
-DTYPES: dict[str, tuple[torch.dtype, int, bool]] = {
-    "F64": (torch.float64, 8, True),
-    "F32": (torch.float32, 4, True),
-    "F16": (torch.float16, 2, True),
-    "BF16": (torch.bfloat16, 2, True),
-    "F8_E4M3": (torch.float8_e4m3fn, 1, True),
-    "F8_E5M2": (torch.float8_e5m2, 1, True),
-    "I64": (torch.int64, 8, False),
-    "I32": (torch.int32, 4, False),
-    "I16": (torch.int16, 2, False),
-    "I8": (torch.int8, 1, False),
-    "U64": (torch.uint64, 8, False),
-    "U32": (torch.uint32, 4, False),
-    "U16": (torch.uint16, 2, False),
-    "U8": (torch.uint8, 1, False),
-    "BOOL": (torch.bool, 1, False),
-}
-TORCH_TO_CODE: dict[torch.dtype, str] = {v[0]: k for k, v in DTYPES.items()}
-# user-facing names for output dtypes
-DTYPE_NAMES: dict[str, str] = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
-CODE_TO_NAME: dict[str, str] = {v: k for k, v in DTYPE_NAMES.items()}
+from merger.formats.dtypes import CODE_TO_NAME, DTYPE_NAMES, DTYPES, TORCH_TO_CODE  # noqa: F401 (re-exported)
 
 # A header beyond this is not a real checkpoint (the reference implementation caps at 100 MB).
 MAX_HEADER_BYTES = 100 * 1024 * 1024

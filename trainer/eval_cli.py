@@ -54,7 +54,7 @@ def parse_model_spec(store: Any, spec: str) -> tuple[str, str]:
 def load_eval_config(path: str | None, overrides: list[str], suite: str | None) -> Any:
     """EvalConfig from an optional YAML file, ``--set`` overrides and ``--suite``."""
     from trainer.config import apply_overrides
-    from trainer.evaluate import EvalConfig
+    from wsm.eval_config import EvalConfig
 
     tree: dict[str, Any] = {}
     if path:
@@ -118,7 +118,7 @@ def _progress_logger(model_dir: str) -> Callable[[str, float], None]:
 def register(subparsers: Any) -> None:
     """Add ``wsm evaluate``."""
     from trainer.config import describe_fields
-    from trainer.evaluate import EvalConfig
+    from wsm.eval_config import EvalConfig
 
     parser = subparsers.add_parser(
         "evaluate",

@@ -24,11 +24,11 @@ from trainer.generate import task_accuracy
 from trainer.load import StoredModel
 from trainer.sft_data import Batch, Example, encode_all
 from trainer.sft_suite import TaskItem, load_suite
-from trainer.sharpness import SharpnessConfig
+from wsm.eval_config import SharpnessConfig
 from trainer.tokenizer import eod_id, pad_id
 
 if TYPE_CHECKING:
-    from trainer.evaluate import EvalConfig
+    from wsm.eval_config import EvalConfig
 
 log = logging.getLogger(__name__)
 

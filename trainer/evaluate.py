@@ -33,9 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.eval_data import Prepared, prepare_eval_data
 from trainer.load import StoredModel, build_stored_model, load_weights, resolve
-from trainer.sft import SFTConfig, fine_tune, sft_loss
-from trainer.sharpness import SharpnessConfig, model_sharpness
+from trainer.sft import fine_tune, sft_loss
+from trainer.sharpness import model_sharpness
 from trainer.weights import load_full_state_dict, named_parameters
+from wsm.eval_config import EvalConfig
 from wsm.store import ArtifactExistsError, ArtifactNotFoundError, EvalManifest, Store
 
 log = logging.getLogger(__name__)
@@ -43,64 +44,6 @@ log = logging.getLogger(__name__)
 # Bump when a change alters the numbers for the same config: old records stop matching.
 EVAL_VERSION = 1
 Progress = Callable[[str, float], None]
-
-
-class EvalConfig(BaseModel):
-    """What an evaluation computes and how; every field enters the cache key."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    suite: str = "builtin"
-    """SFT suite: ``builtin`` (generated locally) or a path (a .json/.jsonl file split 9:1, or a
-    directory with train.jsonl and valid.jsonl)."""
-
-    suite_seed: int = 0
-    """Seed of the built-in suite's items and of a single file's train/held-out split."""
-
-    builtin_train_per_task: int = Field(200, ge=1)
-    """Built-in suite: training items per synthetic task."""
-
-    builtin_valid_per_task: int = Field(20, ge=1)
-    """Built-in suite: held-out (loss and accuracy) items per synthetic task."""
-
-    builtin_doc_items: int | None = Field(None, ge=5)
-    """Built-in suite: at most this many standard-library docstring questions (80/20 split); None: all (~300)."""
-
-    sft: SFTConfig = Field(default_factory=SFTConfig)
-    """Fine-tuning recipe (WSO paper Appendix D defaults)."""
-
-    sharpness: SharpnessConfig = Field(default_factory=SharpnessConfig)
-    """Hutchinson settings (WSO paper Appendix H defaults)."""
-
-    sharpness_on: list[Literal["pretrain", "sft"]] = Field(
-        default_factory=lambda: ["pretrain", "sft"]  # type: ignore[arg-type]
-    )
-    """Held-out data to measure sharpness on."""
-
-    pretrain_loss: bool = True
-    """Measure the loss on the run's held-out pre-training split."""
-
-    pretrain_valid_samples: int | None = Field(None, ge=1)
-    """Held-out pre-training sequences; None: as many as the trainer validated on."""
-
-    run_sft: bool = True
-    """Fine-tune and measure SFT loss and task accuracy (False: only the pre-training metrics)."""
-
-    max_new_tokens: int = Field(32, ge=1)
-    """Greedy decoding budget per task answer."""
-
-    eval_batch_size: int = Field(32, ge=1)
-    """Sequences per forward pass for losses and generation."""
-
-    seed: int = 0
-    """Seed of torch's generators at the start of evaluation."""
-
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to evaluate; auto picks CUDA when available."""
-
-    def seeds(self) -> list[int]:
-        """Every seed the result depends on (recorded in the manifest)."""
-        return [self.seed, self.suite_seed, self.sft.seed, self.sharpness.seed]
 
 
 def eval_name(sm: StoredModel, config: EvalConfig) -> str:

@@ -28,62 +28,9 @@ from trainer.engine import token_loss
 from trainer.optim import build_adamw, clip_gradients, grad_norm
 from trainer.schedule import ScheduleSpec, build_scheduler
 from trainer.sft_data import Example, batches
+from wsm.eval_config import SFTConfig
 
 log = logging.getLogger(__name__)
-
-
-class SFTConfig(BaseModel):
-    """Fine-tuning hyperparameters; defaults are WSO paper Appendix D except batch size and warmup."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    lr: float | None = Field(None, gt=0)
-    """Peak learning rate when ``lr_sweep`` is empty; None: ``lr_factor`` × the run's pre-training peak LR."""
-
-    lr_factor: float = Field(0.5, gt=0)
-    """Default SFT LR as a fraction of the pre-training peak LR (scales from toy models to 8B)."""
-
-    lr_sweep: list[float] = Field(default_factory=list)
-    """Learning rates to try, each from the same starting weights; the best by ``select_metric`` is kept."""
-
-    select_metric: Literal["sft_val_loss", "task_accuracy"] = "sft_val_loss"
-    """Metric that picks the sweep's winner (loss: lowest wins; accuracy: highest wins, loss breaks ties)."""
-
-    batch_size: int = Field(16, ge=1)
-    """Conversations per optimizer step (paper: 128)."""
-
-    epochs: int = Field(1, ge=1)
-    """Passes over the training records (paper: 1)."""
-
-    warmup_steps: int | None = Field(None, ge=0)
-    """Linear warmup in optimizer steps (paper: 100); None uses ``warmup_fraction`` of all steps."""
-
-    warmup_fraction: float = Field(0.05, ge=0, lt=1)
-    """Warmup as a fraction of all steps when ``warmup_steps`` is None."""
-
-    min_lr: float = Field(0.0, ge=0)
-    """LR at the end of the cosine decay (paper: 0)."""
-
-    weight_decay: float = Field(0.0, ge=0)
-    """AdamW weight decay (paper: 0)."""
-
-    beta1: float = Field(0.9, ge=0, lt=1)
-    """AdamW beta1."""
-
-    beta2: float = Field(0.95, ge=0, lt=1)
-    """AdamW beta2."""
-
-    clip_grad: float = Field(1.0, ge=0)
-    """Clip the global gradient norm to this (paper: 1.0; 0 disables)."""
-
-    max_seq_length: int | None = Field(None, ge=8)
-    """Truncate conversations to this many tokens; None uses the model's sequence length."""
-
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 autocast on GPU (paper), fp32 on CPU (megatron's CPU backward fails under bf16)."""
-
-    seed: int = 0
-    """Seed of the data order (SFT is otherwise deterministic)."""
 
 
 @dataclass

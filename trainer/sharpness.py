@@ -24,33 +24,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from wsm.eval_config import SharpnessConfig
+
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
-
-
-class SharpnessConfig(BaseModel):
-    """Hutchinson settings; the defaults are the WSO paper's Table 23 where the paper gives one."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    enabled: bool = True
-    """Compute sharpness at all (it dominates evaluation time on large models)."""
-
-    samples: int = Field(50, ge=2)
-    """Rademacher vectors per batch (paper: 50 Hutchinson samples)."""
-
-    seq_length: int = Field(1024, ge=8)
-    """Tokens per sequence (paper: 1,024); capped at the model's sequence length."""
-
-    batch_size: int = Field(1, ge=1)
-    """Sequences per batch (paper: 1)."""
-
-    batches: int = Field(1, ge=1)
-    """Batches to average over (paper: up to 4,096); the cost is linear in batches × samples."""
-
-    seed: int = 0
-    """Seed of the Rademacher vectors and of which held-out sequences are used."""
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ def tiny_tokenizer(tiny_run: TinyRun) -> Any:
 
 def fast_eval_config(**overrides: Any) -> Any:
     """An EvalConfig sized for tests: a small built-in suite, few Hutchinson samples, short answers."""
-    from trainer.evaluate import EvalConfig
+    from wsm.eval_config import EvalConfig
 
     base: dict[str, Any] = {
         "builtin_train_per_task": 24,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from tests.trainer.sft.conftest import micro_model
-from trainer.sharpness import SharpnessConfig, TraceEstimate, hutchinson_samples, model_sharpness
+from trainer.sharpness import TraceEstimate, hutchinson_samples, model_sharpness
+from wsm.eval_config import SharpnessConfig
 
 
 class Quadratic(torch.nn.Module):

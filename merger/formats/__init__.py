@@ -1,0 +1,1 @@
+"""Checkpoint formats behind one seam (:mod:`merger.formats.base`): one module per format."""

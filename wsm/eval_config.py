@@ -1,0 +1,148 @@
+"""What an evaluation computes: the typed contract between the anneal jobs and the evaluator.
+
+Torch-free on purpose: the API validates ``WSM_EVAL_CONFIG`` against :class:`EvalConfig` at
+start-up, and job specs carry it, without importing the trainer. The trainer's evaluator
+(``trainer.evaluate``) implements it; every field enters the evaluation's cache key.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SFTConfig(BaseModel):
+    """Fine-tuning hyperparameters; defaults are WSO paper Appendix D except batch size and warmup."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    lr: float | None = Field(None, gt=0)
+    """Peak learning rate when ``lr_sweep`` is empty; None: ``lr_factor`` × the run's pre-training peak LR."""
+
+    lr_factor: float = Field(0.5, gt=0)
+    """Default SFT LR as a fraction of the pre-training peak LR (scales from toy models to 8B)."""
+
+    lr_sweep: list[float] = Field(default_factory=list)
+    """Learning rates to try, each from the same starting weights; the best by ``select_metric`` is kept."""
+
+    select_metric: Literal["sft_val_loss", "task_accuracy"] = "sft_val_loss"
+    """Metric that picks the sweep's winner (loss: lowest wins; accuracy: highest wins, loss breaks ties)."""
+
+    batch_size: int = Field(16, ge=1)
+    """Conversations per optimizer step (paper: 128)."""
+
+    epochs: int = Field(1, ge=1)
+    """Passes over the training records (paper: 1)."""
+
+    warmup_steps: int | None = Field(None, ge=0)
+    """Linear warmup in optimizer steps (paper: 100); None uses ``warmup_fraction`` of all steps."""
+
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    """Warmup as a fraction of all steps when ``warmup_steps`` is None."""
+
+    min_lr: float = Field(0.0, ge=0)
+    """LR at the end of the cosine decay (paper: 0)."""
+
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay (paper: 0)."""
+
+    beta1: float = Field(0.9, ge=0, lt=1)
+    """AdamW beta1."""
+
+    beta2: float = Field(0.95, ge=0, lt=1)
+    """AdamW beta2."""
+
+    clip_grad: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this (paper: 1.0; 0 disables)."""
+
+    max_seq_length: int | None = Field(None, ge=8)
+    """Truncate conversations to this many tokens; None uses the model's sequence length."""
+
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on GPU (paper), fp32 on CPU (megatron's CPU backward fails under bf16)."""
+
+    seed: int = 0
+    """Seed of the data order (SFT is otherwise deterministic)."""
+
+
+class SharpnessConfig(BaseModel):
+    """Hutchinson settings; the defaults are the WSO paper's Table 23 where the paper gives one."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Compute sharpness at all (it dominates evaluation time on large models)."""
+
+    samples: int = Field(50, ge=2)
+    """Rademacher vectors per batch (paper: 50 Hutchinson samples)."""
+
+    seq_length: int = Field(1024, ge=8)
+    """Tokens per sequence (paper: 1,024); capped at the model's sequence length."""
+
+    batch_size: int = Field(1, ge=1)
+    """Sequences per batch (paper: 1)."""
+
+    batches: int = Field(1, ge=1)
+    """Batches to average over (paper: up to 4,096); the cost is linear in batches × samples."""
+
+    seed: int = 0
+    """Seed of the Rademacher vectors and of which held-out sequences are used."""
+
+
+class EvalConfig(BaseModel):
+    """What an evaluation computes and how; every field enters the cache key."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    suite: str = "builtin"
+    """SFT suite: ``builtin`` (generated locally) or a path (a .json/.jsonl file split 9:1, or a
+    directory with train.jsonl and valid.jsonl)."""
+
+    suite_seed: int = 0
+    """Seed of the built-in suite's items and of a single file's train/held-out split."""
+
+    builtin_train_per_task: int = Field(200, ge=1)
+    """Built-in suite: training items per synthetic task."""
+
+    builtin_valid_per_task: int = Field(20, ge=1)
+    """Built-in suite: held-out (loss and accuracy) items per synthetic task."""
+
+    builtin_doc_items: int | None = Field(None, ge=5)
+    """Built-in suite: at most this many standard-library docstring questions (80/20 split); None: all (~300)."""
+
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    """Fine-tuning recipe (WSO paper Appendix D defaults)."""
+
+    sharpness: SharpnessConfig = Field(default_factory=SharpnessConfig)
+    """Hutchinson settings (WSO paper Appendix H defaults)."""
+
+    sharpness_on: list[Literal["pretrain", "sft"]] = Field(
+        default_factory=lambda: ["pretrain", "sft"]  # type: ignore[arg-type]
+    )
+    """Held-out data to measure sharpness on."""
+
+    pretrain_loss: bool = True
+    """Measure the loss on the run's held-out pre-training split."""
+
+    pretrain_valid_samples: int | None = Field(None, ge=1)
+    """Held-out pre-training sequences; None: as many as the trainer validated on."""
+
+    run_sft: bool = True
+    """Fine-tune and measure SFT loss and task accuracy (False: only the pre-training metrics)."""
+
+    max_new_tokens: int = Field(32, ge=1)
+    """Greedy decoding budget per task answer."""
+
+    eval_batch_size: int = Field(32, ge=1)
+    """Sequences per forward pass for losses and generation."""
+
+    seed: int = 0
+    """Seed of torch's generators at the start of evaluation."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to evaluate; auto picks CUDA when available."""
+
+    def seeds(self) -> list[int]:
+        """Every seed the result depends on (recorded in the manifest)."""
+        return [self.seed, self.suite_seed, self.sft.seed, self.sharpness.seed]
