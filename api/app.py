@@ -1,25 +1,24 @@
 """The FastAPI application factory: ``api.app:create_app(settings=None)``.
 
-Routes only validate and enqueue; merging and evaluation happen in Celery workers (merger/).
-``enqueuer`` and ``store`` can be injected (route tests pass a fake enqueuer).
+Routes only validate and call the anneal use case (anneal/); merging and evaluation happen in workers.
+``store`` can be injected; the ``enqueuer`` (the broker port) always is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
 import wsm
+from anneal.outbox import Publisher
+from anneal.ports import Enqueuer
 from api import errors
-from api.enqueue import CeleryEnqueuer, Enqueuer
 from api.limits import BodySizeLimit
 from api.listing import CachedListing
-from api.publisher import Publisher
 from api.routes import anneal, health, models, runs
 from wsm.settings import Settings, get_settings
 from wsm.store import Store, open_store
@@ -38,18 +37,18 @@ def create_app(
     settings: Settings | None = None,
     *,
     store: Store | None = None,
-    enqueuer: Enqueuer | Callable[[], Enqueuer] | None = None,
+    enqueuer: Enqueuer | Callable[[], Enqueuer],
 ) -> FastAPI:
-    """Build the API. ``enqueuer`` is an Enqueuer or a zero-argument factory of one (default: Celery)."""
+    """Build the API. ``enqueuer`` is an Enqueuer or a zero-argument factory of one.
+
+    ``wsm serve`` passes the Celery adapter (wsm/commands/serve.py); tests pass fakes or it.
+    """
     settings = settings or get_settings()
     app = FastAPI(title="wsm", version=wsm.__version__, description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     app.state.store = store or open_store(settings=settings)
     app.state.listing = CachedListing(app.state.store, ttl_s=settings.api_listing_ttl_s)
-    if enqueuer is None:
-        # Built on first use: the app starts (and serves reads) even if the broker is down.
-        app.state.enqueuer_factory = functools.lru_cache(maxsize=1)(lambda: CeleryEnqueuer(settings))
-    elif callable(enqueuer) and not hasattr(enqueuer, "enqueue"):
+    if callable(enqueuer) and not hasattr(enqueuer, "enqueue"):
         app.state.enqueuer_factory = enqueuer
     else:
         app.state.enqueuer_factory = lambda: enqueuer

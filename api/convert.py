@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from anneal.jobs import AnnealSelection, JobRecord
 from api.schemas import (
     AnnealAccepted,
     CheckpointOut,
+    CheckpointWeight,
     EvalOut,
     JobEvaluations,
     JobOut,
@@ -13,7 +15,6 @@ from api.schemas import (
     SelectionOut,
     SourceOut,
 )
-from merger.jobs import JobRecord
 from wsm.store import CheckpointManifest, EvalManifest, ModelManifest, RunManifest, layout
 
 MODEL_ID_SEP = ":"
@@ -37,7 +38,7 @@ def split_model_id(value: str) -> tuple[str, str]:
 def job_out(record: JobRecord, status_url: str, *, created: bool | None = None) -> JobOut:
     """The API view of a job record; with ``created``, the answer to ``POST /anneal``."""
     spec = record.spec
-    evals = {k: EvalOut.model_validate(v) for k, v in record.evals.items() if k in ("anneal", "baseline")}
+    evals = {k: EvalOut.model_validate(v.model_dump()) for k, v in record.evals.items()}
     extra = {} if created is None else {"created": created}
     return (JobOut if created is None else AnnealAccepted)(
         job_id=record.job_id,
@@ -48,7 +49,7 @@ def job_out(record: JobRecord, status_url: str, *, created: bool | None = None) 
         message=record.message,
         error=record.error,
         evaluate=spec.evaluate,
-        selection=SelectionOut.model_validate(spec.selection),
+        selection=selection_out(spec.selection),
         model_name=spec.model_name,
         model_id=model_id(spec.run, spec.model_name) if record.model_published else None,
         evaluations=JobEvaluations(**evals),
@@ -59,6 +60,22 @@ def job_out(record: JobRecord, status_url: str, *, created: bool | None = None) 
         finished_at=record.finished_at,
         status_url=status_url,
         **extra,
+    )
+
+
+def selection_out(sel: AnnealSelection) -> SelectionOut:
+    return SelectionOut(
+        curve=sel.curve.model_dump(mode="json"),
+        curve_label=sel.curve_label,
+        window=sel.window,
+        requested_window=sel.requested_window,
+        window_start=sel.window_start,
+        window_end=sel.window_end,
+        exact=sel.exact,
+        checkpoints=[
+            CheckpointWeight(tokens=s.tokens, sha256=s.sha256, c=s.c, w=s.w if i > 0 else None)
+            for i, s in enumerate(sel.sources)
+        ],
     )
 
 

@@ -12,8 +12,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from anneal.outbox import Publisher
 from api.errors import ApiError
-from api.publisher import Publisher
 from wsm.store import Store, validate_name
 
 _bearer = HTTPBearer(auto_error=False, description="WSM_API_TOKEN, required on mutating endpoints when set")

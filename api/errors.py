@@ -16,16 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from merger.pipeline import RequestError
+from anneal.errors import NoCheckpointsError, RequestError, UnknownRunError
 from theory import TheoryError
 from wsm.store import ArtifactNotFoundError, InvalidNameError, StoreError
 
 log = logging.getLogger(__name__)
 
-STATUS_OF_CODE = {
-    "unknown_run": 404,
-    "no_checkpoints": 409,
-}
+STATUS_OF_ERROR: dict[type[RequestError], int] = {UnknownRunError: 404, NoCheckpointsError: 409}
+"""The anneal use case's request errors that are not 422 (an invalid request)."""
 
 
 class ApiError(Exception):
@@ -69,7 +67,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse(
-            _body(exc.code, str(exc), exc.choices), status_code=STATUS_OF_CODE.get(exc.code, 422)
+            _body(exc.code, str(exc), exc.choices), status_code=STATUS_OF_ERROR.get(type(exc), 422)
         )
 
     @app.exception_handler(TheoryError)

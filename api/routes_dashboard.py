@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from anneal import resolve
 from api.deps import StoreDep, run_name
-from merger import pipeline
 
 router = APIRouter(tags=["runs"])
 
@@ -91,7 +91,7 @@ def metric_series(
     store: StoreDep,
     points: int = Query(default=1000, ge=10, le=20_000, description="At most this many training points."),
 ) -> MetricSeries:
-    name = pipeline.choose_run(store, run_name(run))
+    name = resolve.choose_run(store, run_name(run))
     records = store.read_metrics(name)
     bucket, train, val = downsample(records, points)
     return MetricSeries(run=name, records=len(records), bucket=bucket, train=train, val=val)

@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from merger.celery_app import MERGE_QUEUE  # noqa: E402
+from anneal.broker.app import MERGE_QUEUE  # noqa: E402
 from tests.api.fixtures import make_run  # noqa: E402
 from tests.api.worker import free_port, redis_server  # noqa: E402
 from wsm.store import Store  # noqa: E402

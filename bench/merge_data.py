@@ -14,7 +14,8 @@ import os
 
 import torch
 
-from merger.writer import LocalFileSink, ShardWriter
+from merger.formats.safetensors import SafetensorsWriter
+from merger.writer import LocalFileSink
 
 HIDDEN, FFN, VOCAB, HEADS = 2048, 5632, 32000, 16
 BLOCK = 16 * 2**20  # elements generated at a time
@@ -70,7 +71,7 @@ def _random_bf16(n: int, gen: torch.Generator) -> torch.Tensor:
 def write_checkpoint(path: str, size: int, seed: int) -> None:
     entries = _layout(size)
     gen = torch.Generator().manual_seed(seed)
-    writer = ShardWriter(path, LocalFileSink(path, fsync=False), entries, {"format": "pt"})
+    writer = SafetensorsWriter(path, LocalFileSink(path, fsync=False), entries, {"format": "pt"})
     try:
         for _name, _dtype, shape in entries:
             n = 1

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from api.enqueue import CeleryEnqueuer  # noqa: E402
-from api.service import submit  # noqa: E402
-from merger import jobs, pipeline  # noqa: E402
+from anneal import jobs, pipeline  # noqa: E402
+from anneal.broker.enqueue import CeleryEnqueuer  # noqa: E402
+from anneal.submit import submit  # noqa: E402
 from tests.api.fixtures import M, make_run  # noqa: E402
 from tests.api.worker import Worker, redis_server, service_env  # noqa: E402
 from wsm.settings import Settings  # noqa: E402

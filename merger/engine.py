@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from merger.errors import MergeError, MismatchError
-from merger.inputs import INDEX_NAME, Source, is_remote, open_source
+from merger.formats.dtypes import DTYPES, tensor_view
+from merger.formats.safetensors import INDEX_NAME
+from merger.formats.sources import LocalSource, Source, is_remote, open_source
 from merger.plan import MergePart, MergePlan, TensorPlan
-from merger.safetensors_io import DTYPES, LocalSource, tensor_view
 from merger.stats import MemorySampler, MergeStats, Stopwatch
 from merger.write_thread import SinkFactory, WriteThread
 from merger.writer import hf_index, write_json_atomic
@@ -43,24 +44,35 @@ SUB_BLOCK = 1 << 20
 
 @dataclass(frozen=True)
 class _Chunk:
+    """A slice of one stored chunk of a tensor (a safetensors tensor is one stored chunk)."""
+
     shard: int
     tensor: TensorPlan
+    part: int
+    """Index of the stored chunk in the tensor's chunk list (the same layout in every input)."""
     start: int
-    """First element of this chunk in the flattened tensor."""
+    """First element of this slice within the stored chunk."""
     count: int
+    base: int
+    """First element of the stored chunk in the flattened tensor (chunks are slabs along dim 0)."""
     last_of_shard: bool
 
 
 def _chunks(plan: MergePlan, shard_indices: Sequence[int]) -> Iterator[_Chunk]:
     by_name = {t.name: t for t in plan.tensors}
+    ref = plan.inputs[0]
     for s in shard_indices:
         names = plan.shards[s].tensors
         for k, name in enumerate(names):
             t = by_name[name]
-            starts = list(range(0, t.numel, plan.chunk_elems)) or [0]
-            for i, start in enumerate(starts):
-                last = k == len(names) - 1 and i == len(starts) - 1
-                yield _Chunk(s, t, start, min(plan.chunk_elems, t.numel - start), last)
+            stored = ref.tensors[name].chunks
+            base = 0
+            for p, c in enumerate(stored):
+                starts = list(range(0, c.numel, plan.chunk_elems)) or [0]
+                for i, start in enumerate(starts):
+                    last = k == len(names) - 1 and p == len(stored) - 1 and i == len(starts) - 1
+                    yield _Chunk(s, t, p, start, min(plan.chunk_elems, c.numel - start), base, last)
+                base += c.numel
 
 
 class _Reader:
@@ -74,19 +86,19 @@ class _Reader:
                 self.sources[i, j] = open_source(f.uri, plan.storage_options, size=f.size)
         self.remote = any(is_remote(f.uri) for ck in plan.inputs for f in ck.files)
 
-    def _where(self, i: int, name: str, start: int, count: int) -> tuple[Source, int, int]:
-        loc = self.plan.inputs[i].tensors[name]
-        f = self.plan.inputs[i].files[loc.file]
-        size = loc.info.itemsize
-        return self.sources[i, loc.file], f.header.data_offset + loc.info.begin + start * size, count * size
+    def _where(self, i: int, c: _Chunk) -> tuple[Source, int, int]:
+        entry = self.plan.inputs[i].tensors[c.tensor.name]
+        stored = entry.chunks[c.part]
+        size = entry.itemsize
+        return self.sources[i, stored.file], stored.byte_offset + c.start * size, c.count * size
 
-    def read(self, i: int, name: str, start: int, count: int) -> memoryview:
-        source, offset, length = self._where(i, name, start, count)
+    def read(self, i: int, c: _Chunk) -> memoryview:
+        source, offset, length = self._where(i, c)
         return source.read(offset, length)
 
-    def release(self, i: int, name: str, start: int, count: int) -> None:
+    def release(self, i: int, c: _Chunk) -> None:
         """Drop a consumed slice from this process's mapping (page cache keeps it)."""
-        source, offset, length = self._where(i, name, start, count)
+        source, offset, length = self._where(i, c)
         if isinstance(source, LocalSource):
             source.release(offset, length)
 
@@ -139,9 +151,10 @@ def _copy_exact(chunk: _Chunk, views: Sequence[memoryview], plan: MergePlan) -> 
     for i, v in enumerate(views[1:], start=1):
         other = torch.frombuffer(v, dtype=torch.uint8) if len(v) else ref
         if not torch.equal(ref, other):
-            bad = int((ref != other).nonzero()[0, 0]) // DTYPES[chunk.tensor.in_dtype][1] + chunk.start
+            bad = int((ref != other).nonzero()[0, 0]) // DTYPES[chunk.tensor.in_dtype][1]
+            bad += chunk.base + chunk.start
             ck = plan.inputs[i]
-            where = ck.files[ck.tensors[chunk.tensor.name].file].uri
+            where = ck.files[ck.tensors[chunk.tensor.name].chunks[chunk.part].file].uri
             raise MismatchError(
                 f"{where}: non-float tensor {chunk.tensor.name!r} ({chunk.tensor.in_dtype}) differs from "
                 f"{plan.inputs[0].uri} at flat index {bad}; non-float tensors must be identical to be merged"
@@ -201,7 +214,7 @@ def run_shards(
                 c = next(chunks, None)
                 if c is None:
                     return False
-                futs = [pool.submit(reader.read, i, c.tensor.name, c.start, c.count) for i in range(n_inputs)]
+                futs = [pool.submit(reader.read, i, c) for i in range(n_inputs)]
                 pending.append((c, futs))
                 return True
 
@@ -225,7 +238,7 @@ def run_shards(
                     out = _copy_exact(chunk, views, plan)
                 del views
                 for i in range(n_inputs):
-                    reader.release(i, chunk.tensor.name, chunk.start, chunk.count)
+                    reader.release(i, chunk)
                 watch.add("compute", t)
                 writer.write(chunk.shard, out)
                 if chunk.last_of_shard:

@@ -17,3 +17,7 @@ class MismatchError(MergeError):
 
 class WeightError(MergeError):
     """The merge weights are not a valid convex combination."""
+
+
+class SourcesChangedError(MergeError):
+    """A checkpoint of a selection was deleted or replaced after the selection was made."""

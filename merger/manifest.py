@@ -16,7 +16,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import wsm
-from merger.inputs import CheckpointRef, is_remote, open_source
+from merger.formats import CheckpointLayout
+from merger.formats.sources import is_remote, open_source
 from merger.plan import MergePlan
 from merger.stats import MergeStats
 
@@ -38,7 +39,7 @@ def sha256_uri(uri: str, storage_options: dict[str, Any], size: int) -> str:
     return h.hexdigest()
 
 
-def checkpoint_sha256(file_hashes: dict[str, str], ckpt: CheckpointRef) -> str:
+def checkpoint_sha256(file_hashes: dict[str, str], ckpt: CheckpointLayout) -> str:
     if len(ckpt.files) == 1:
         return file_hashes[ckpt.files[0].uri]
     lines = "".join(f"{os.path.basename(f.uri)} {file_hashes[f.uri]}\n" for f in ckpt.files)
@@ -62,12 +63,13 @@ def hash_inputs_async(plan: MergePlan) -> Future[dict[str, str]]:
     return fut
 
 
-def input_record(ck: CheckpointRef, c: float, sha256: str | None) -> dict[str, Any]:
+def input_record(ck: CheckpointLayout, c: float, sha256: str | None) -> dict[str, Any]:
     return {
         "uri": ck.uri,
         "sha256": ck.sha256 or sha256,
         "c": c,
-        "files": [{"uri": f.uri, "size": f.size, "header_sha256": f.header.raw_sha256} for f in ck.files],
+        "format": ck.format,
+        "files": [{"uri": f.uri, "size": f.size, "layout_sha256": f.layout_sha256} for f in ck.files],
         **ck.extra,
     }
 
@@ -81,25 +83,22 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The JSON written next to a merged model (``merge_manifest.json``)."""
     hashes = input_hashes or {}
-    provenance = dict(plan.provenance)
-    w_by_uri = {}
-    for entry, ck in zip(provenance.get("checkpoints", []), plan.inputs, strict=False):
-        w_by_uri[ck.uri] = entry.get("w")
+    sel = plan.selection
+    w_by_tokens = {src.tokens: src.w for src in sel.sources} if sel else {}
     inputs = []
     for ck, c in zip(plan.inputs, plan.weights, strict=True):
         rec = input_record(ck, c, hashes.get(ck.uri))
-        if ck.uri in w_by_uri:
-            rec["w"] = w_by_uri[ck.uri]
+        if ck.extra.get("tokens") in w_by_tokens:
+            rec["w"] = w_by_tokens[ck.extra["tokens"]]
         inputs.append(rec)
     return {
         "kind": "wsm-merge",
         "code_version": wsm.__version__,
         "inputs": inputs,
         "weights": list(plan.weights),
-        "curve": provenance.get("curve"),
-        "window": {k: provenance[k] for k in ("window_start", "window_end", "window") if k in provenance}
-        or None,
-        "provenance": provenance or None,
+        "curve": sel.curve.model_dump(mode="json") if sel else None,
+        "window": sel.window_range.model_dump(mode="json") if sel else None,
+        "selection": sel.model_dump(mode="json") if sel else None,
         "dtype": sorted({t.out_dtype for t in plan.tensors}),
         "accumulate": plan.accumulate,
         "tensors": len(plan.tensors),

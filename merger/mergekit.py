@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from merger.inputs import INDEX_NAME, SINGLE_NAME, parent_uri
+from merger.formats.safetensors import INDEX_NAME, SINGLE_NAME
+from merger.formats.sources import parent_uri
 from merger.plan import MergePlan
 
 log = logging.getLogger(__name__)

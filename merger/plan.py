@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from merger.errors import MergeError, MismatchError, WeightError
-from merger.inputs import CheckpointRef, resolve_checkpoint
-from merger.safetensors_io import CODE_TO_NAME, DTYPE_NAMES, DTYPES, TensorInfo
+from merger.formats import CheckpointLayout, TensorEntry, open_checkpoint
+from merger.formats.dtypes import CODE_TO_NAME, DTYPE_NAMES, DTYPES
+from merger.formats.safetensors import file_size
+from merger.provenance import AnnealSelection
 
 WEIGHT_TOLERANCE = 1e-6
 """|sum(c) - 1| allowed: weights derived in float64 from a curve sum to 1 up to rounding."""
@@ -65,7 +67,7 @@ class ShardPlan:
 class MergePlan:
     """Everything needed to execute a merge, validated; JSON-serialisable via :meth:`to_dict`."""
 
-    inputs: tuple[CheckpointRef, ...]
+    inputs: tuple[CheckpointLayout, ...]
     weights: tuple[float, ...]
     tensors: tuple[TensorPlan, ...]
     shards: tuple[ShardPlan, ...]
@@ -73,8 +75,8 @@ class MergePlan:
     chunk_elems: int = DEFAULT_CHUNK_BYTES // 4
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=lambda: {"format": "pt"})
-    provenance: Mapping[str, Any] = field(default_factory=dict)
-    """Where the weights came from (curve, window, w, run, tokens); copied into the manifest."""
+    selection: AnnealSelection | None = None
+    """For a merge of a run's window: run, curve, window and sources; copied into the manifest."""
 
     @property
     def sharded(self) -> bool:
@@ -111,11 +113,8 @@ class MergePlan:
 
     def shard_file_size(self, shard: ShardPlan) -> int:
         """Exact size of the shard's file (header included), known before writing it."""
-        from merger.safetensors_io import encode_header
-
         entries = [(n, self.tensor(n).out_dtype, self.tensor(n).shape) for n in shard.tensors]
-        header, _ = encode_header(entries, dict(self.metadata))
-        return len(header) + self.shard_bytes(shard)
+        return file_size(entries, dict(self.metadata))
 
     def resharded(self, num_shards: int) -> MergePlan:
         """The same merge written as ``num_shards`` byte-balanced shards (fewer if tensors are few)."""
@@ -149,7 +148,7 @@ class MergePlan:
             "output_files": [s.filename for s in self.shards],
             "output_dtypes": sorted({t.out_dtype for t in self.tensors}),
             "accumulate": self.accumulate,
-            **({"provenance": dict(self.provenance)} if self.provenance else {}),
+            **({"selection": self.selection.model_dump(mode="json")} if self.selection else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,8 +237,12 @@ def validate_weights(weights: Sequence[float], count: int, tolerance: float = WE
         raise WeightError(f"weights sum to {total:.9g}, not 1 (tolerance {tolerance:g})")
 
 
-def _check_same_tensors(ckpts: Sequence[CheckpointRef]) -> None:
-    """Name the first difference in names, shapes or dtypes between a checkpoint and the first."""
+def _where(ck: CheckpointLayout, name: str) -> str:
+    return ck.files[ck.tensors[name].chunks[0].file].uri
+
+
+def _check_same_tensors(ckpts: Sequence[CheckpointLayout]) -> None:
+    """Name the first difference in names, shapes, dtypes or chunk layout between a checkpoint and the first."""
     ref = ckpts[0]
     for ck in ckpts[1:]:
         missing = [n for n in ref.tensors if n not in ck.tensors]
@@ -247,20 +250,35 @@ def _check_same_tensors(ckpts: Sequence[CheckpointRef]) -> None:
             raise MismatchError(f"{ck.uri}: tensor {missing[0]!r} (present in {ref.uri}) is missing")
         extra = [n for n in ck.tensors if n not in ref.tensors]
         if extra:
-            where = ck.files[ck.tensors[extra[0]].file].uri
-            raise MismatchError(f"{where}: tensor {extra[0]!r} is not in {ref.uri}")
-        for name, loc in ref.tensors.items():
-            a: TensorInfo = loc.info
-            b: TensorInfo = ck.tensors[name].info
-            where = ck.files[ck.tensors[name].file].uri
+            raise MismatchError(f"{_where(ck, extra[0])}: tensor {extra[0]!r} is not in {ref.uri}")
+        for name, a in ref.tensors.items():
+            b: TensorEntry = ck.tensors[name]
             if a.shape != b.shape:
                 raise MismatchError(
-                    f"{where}: tensor {name!r} has shape {list(b.shape)}, but {list(a.shape)} in {ref.uri}"
+                    f"{_where(ck, name)}: tensor {name!r} has shape {list(b.shape)}, but {list(a.shape)} in {ref.uri}"
                 )
             if a.dtype != b.dtype:
                 raise MismatchError(
-                    f"{where}: tensor {name!r} has dtype {b.dtype}, but {a.dtype} in {ref.uri}"
+                    f"{_where(ck, name)}: tensor {name!r} has dtype {b.dtype}, but {a.dtype} in {ref.uri}"
                 )
+            if a.chunk_key() != b.chunk_key():
+                raise MismatchError(
+                    f"{_where(ck, name)}: tensor {name!r} is stored in chunks {list(b.chunk_key())}, "
+                    f"but {list(a.chunk_key())} in {ref.uri}"
+                )
+
+
+def _rows_in_order(entry: TensorEntry) -> bool:
+    """Whether the chunks, in order, are consecutive slabs along dimension 0 (their bytes concatenate
+    to the whole tensor in C order): what a contiguous output file needs."""
+    if not entry.shape:
+        return len(entry.chunks) == 1
+    row = 0
+    for c in entry.chunks:
+        if c.offsets != (row,) + (0,) * (len(entry.shape) - 1) or c.sizes[1:] != entry.shape[1:]:
+            return False
+        row += c.sizes[0]
+    return row == entry.shape[0]
 
 
 def _out_dtype(in_dtype: str, requested: str | None) -> str:
@@ -270,7 +288,7 @@ def _out_dtype(in_dtype: str, requested: str | None) -> str:
 
 
 def plan_merge(
-    inputs: Sequence[str | Path | CheckpointRef],
+    inputs: Sequence[str | Path | CheckpointLayout],
     weights: Sequence[float],
     *,
     out_dtype: str | None = None,
@@ -279,7 +297,7 @@ def plan_merge(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
     storage_options: Mapping[str, Any] | None = None,
-    provenance: Mapping[str, Any] | None = None,
+    selection: AnnealSelection | None = None,
     tolerance: float = WEIGHT_TOLERANCE,
 ) -> MergePlan:
     """Validate a merge of ``inputs`` with ``weights`` (reading headers only) and lay out the output.
@@ -298,18 +316,21 @@ def plan_merge(
     if storage_options is None:
         # Refs resolved elsewhere (e.g. from the store) carry the options that reach their files.
         storage_options = next(
-            (c.storage_options for c in inputs if isinstance(c, CheckpointRef) and c.storage_options), {}
+            (c.storage_options for c in inputs if isinstance(c, CheckpointLayout) and c.storage_options), {}
         )
     opts = dict(storage_options)
-    ckpts = [c if isinstance(c, CheckpointRef) else resolve_checkpoint(str(c), opts) for c in inputs]
+    ckpts = [c if isinstance(c, CheckpointLayout) else open_checkpoint(str(c), opts) for c in inputs]
     _check_same_tensors(ckpts)
     ref = ckpts[0]
+    for name, entry in ref.tensors.items():
+        if not _rows_in_order(entry):
+            raise MergeError(
+                f"{ref.uri}: tensor {name!r} is sharded along a dimension other than the first; "
+                "its merge cannot be written as one contiguous tensor"
+            )
     # Output order = the first checkpoint's storage order, so reads of it are sequential.
-    order = sorted(ref.tensors.items(), key=lambda kv: (kv[1].file, kv[1].info.begin))
-    tensors = tuple(
-        TensorPlan(name, loc.info.shape, loc.info.dtype, _out_dtype(loc.info.dtype, out_dtype))
-        for name, loc in order
-    )
+    order = sorted(ref.tensors.values(), key=lambda e: (e.chunks[0].file, e.chunks[0].byte_offset))
+    tensors = tuple(TensorPlan(e.name, e.shape, e.dtype, _out_dtype(e.dtype, out_dtype)) for e in order)
     # Chunk length in elements: the accumulator stays <= chunk_bytes and one chunk's inputs across
     # all checkpoints <= inflight_bytes, so memory does not grow with the checkpoint count.
     acc_size = 8 if accumulate == "float64" else 4
@@ -323,5 +344,5 @@ def plan_merge(
         accumulate=accumulate,
         chunk_elems=chunk_elems,
         storage_options=opts,
-        provenance=dict(provenance or {}),
+        selection=selection,
     )

@@ -91,6 +91,11 @@ class MergeStats:
         return d
 
     @staticmethod
+    def from_dict(d: dict[str, Any]) -> MergeStats:
+        """Inverse of :meth:`to_dict` (derived figures are recomputed, not read)."""
+        return MergeStats(**{k: v for k, v in d.items() if k in MergeStats.__dataclass_fields__})
+
+    @staticmethod
     def combine(parts: list[MergeStats]) -> MergeStats:
         """Totals of parts run separately: bytes add up, time is the slowest part (they run in parallel)."""
         out = MergeStats(

@@ -1,29 +1,46 @@
-"""Merging from and into the checkpoint store (docs/STORE.md).
+"""Merging from and into the checkpoint store (docs/STORE.md): the one road from a window to a model.
 
-Inputs: the run's checkpoints are listed, theory's :func:`select_checkpoints` picks the window
-and weights, and each chosen checkpoint becomes a :class:`CheckpointRef` whose files are read in
-place: mmap on local stores, ranged GETs on S3 (never a download). Sizes are checked against the
-manifests first (``store.verify(full=False)``) and their sha256 is carried into the provenance.
-Output: streamed straight into ``store.publish_model(...)`` (multipart upload on S3), so the
-model appears atomically, with its ``ModelManifest`` (sources, curve, window, timings) written last.
+Both ``wsm merge --run`` and the anneal service go through these functions, so the same window of
+the same run gets the same selection, the same plan and the same model name.
+
+1. :func:`select`: theory's :func:`~theory.select_checkpoints` over the run's published
+   checkpoints, returned as a typed :class:`~merger.provenance.AnnealSelection` (with each
+   checkpoint's weights digest from its manifest).
+2. :func:`check_sources` + :func:`plan_selection`: the selected checkpoints, still published with
+   the same digests, become merge inputs read in place (mmap locally, ranged GETs on S3; never a
+   download), sizes checked against the manifests first.
+3. :func:`publish_merge` (one process) or :func:`publish_parts` (a split merge's shards, already
+   written) publish atomically through ``store.publish_model`` with the ``ModelManifest`` last.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from typing import Any
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from merger.engine import ProgressFn, finalize_index, run_shards
-from merger.errors import MergeError
-from merger.inputs import INDEX_NAME, SINGLE_NAME, CheckpointRef, resolve_checkpoint
+from merger.engine import ProgressFn, finalize_index, finalize_sharded, run_shards
+from merger.errors import MergeError, SourcesChangedError
+from merger.formats import CheckpointLayout, open_checkpoint
+from merger.formats.safetensors import INDEX_NAME
 from merger.manifest import build_manifest
 from merger.plan import MergePlan, plan_merge
+from merger.provenance import AnnealSelection
 from merger.stats import MergeStats
-from theory import CurveSpec, Selection, format_tokens, select_checkpoints
-from wsm.store import CheckpointManifest, ModelManifest, SourceCheckpoint, Store, Window, layout
+from theory import CurveSpec, format_tokens, select_checkpoints
+from wsm.store import ArtifactNotFoundError, CheckpointManifest, ModelManifest, Store, layout
+from wsm.store.publish import Publisher as StorePublisher
 
 log = logging.getLogger(__name__)
+
+
+class Listing(Protocol):
+    """What selecting needs from the store: a :class:`Store`, or the API's short-lived cache of it."""
+
+    def list_checkpoints(self, run: str) -> list[CheckpointManifest]: ...
 
 
 def _uri(store: Store, relpath: str) -> str:
@@ -39,31 +56,40 @@ def storage_options(store: Store) -> dict[str, Any]:
     return {} if store.is_local else dict(getattr(store.fs, "storage_options", {}) or {})
 
 
-def checkpoint_ref(store: Store, manifest: CheckpointManifest) -> CheckpointRef:
-    """A checkpoint of the store as a merge input (headers read by ranged reads)."""
+def weight_files(manifest: CheckpointManifest) -> list[str]:
+    """The checkpoint's safetensors files, sorted; refuses a checkpoint without weights."""
     names = {f.name for f in manifest.files}
-    main = INDEX_NAME if INDEX_NAME in names else SINGLE_NAME
-    if main not in names:
-        raise MergeError(f"{manifest.dir}: checkpoint has neither {SINGLE_NAME} nor {INDEX_NAME}")
-    weight_files = sorted(n for n in names if n.endswith(".safetensors"))
-    store.verify(manifest, full=False, names=weight_files)  # one listing: catches truncation
-    if main == SINGLE_NAME:
-        sha = manifest.file(SINGLE_NAME).sha256
-    else:
-        import hashlib
+    if layout.MODEL_FILE not in names and layout.MODEL_INDEX_FILE not in names:
+        raise MergeError(
+            f"{manifest.dir}: checkpoint has neither {layout.MODEL_FILE} nor {layout.MODEL_INDEX_FILE}"
+        )
+    return sorted(n for n in names if n.endswith(".safetensors"))
 
-        lines = "".join(f"{n} {manifest.file(n).sha256}\n" for n in weight_files)
-        sha = hashlib.sha256(lines.encode()).hexdigest()
-    return resolve_checkpoint(
+
+def weights_sha256(manifest: CheckpointManifest) -> str:
+    """The digest of a checkpoint's weights: its file's sha256, or that of ``name sha256`` lines of its shards."""
+    files = weight_files(manifest)
+    if files == [layout.MODEL_FILE]:
+        return manifest.file(layout.MODEL_FILE).sha256
+    lines = "".join(f"{n} {manifest.file(n).sha256}\n" for n in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def checkpoint_ref(store: Store, manifest: CheckpointManifest) -> CheckpointLayout:
+    """A checkpoint of the store as a merge input (headers read by ranged reads)."""
+    files = weight_files(manifest)
+    main = layout.MODEL_FILE if files == [layout.MODEL_FILE] else layout.MODEL_INDEX_FILE
+    store.verify(manifest, full=False, names=files)  # one listing: catches truncation
+    return open_checkpoint(
         _uri(store, manifest.path(main)),
         storage_options(store),
-        sha256=sha,
+        sha256=weights_sha256(manifest),
         extra={"run": manifest.run, "tokens": manifest.tokens},
     )
 
 
 def select(
-    store: Store,
+    listing: Listing,
     run: str,
     curve: CurveSpec,
     window: int | str,
@@ -71,40 +97,93 @@ def select(
     interval: int | str | None = None,
     count: int | None = None,
     end: int | str | None = None,
-) -> tuple[Selection, dict[int, CheckpointManifest]]:
-    """theory's selection over the run's published checkpoints."""
-    available = {m.tokens: m for m in store.list_checkpoints(run)}
+) -> AnnealSelection:
+    """theory's selection over the run's published checkpoints (raises ``TheoryError`` on a bad window)."""
+    available = {m.tokens: m for m in listing.list_checkpoints(run)}
     if not available:
-        raise MergeError(f"run {run!r} has no published checkpoints in {store.url}")
+        raise MergeError(f"run {run!r} has no published checkpoints yet")
     sel = select_checkpoints(available, curve, window, interval=interval, count=count, end=end)
-    return sel, available
+    return AnnealSelection.of(run, sel, {t: weights_sha256(available[t]) for t in sel.tokens})
 
 
-def plan_from_store(
+def check_sources(store: Store, selection: AnnealSelection) -> dict[int, CheckpointManifest]:
+    """The selection's checkpoints, each still published with the digest it was selected with."""
+    out = {}
+    for src in selection.sources:
+        try:
+            manifest = store.get_checkpoint(selection.run, src.tokens)
+        except ArtifactNotFoundError as e:
+            raise SourcesChangedError(
+                f"checkpoint {format_tokens(src.tokens)} of run {selection.run!r} is gone: {e}"
+            ) from e
+        if weights_sha256(manifest) != src.sha256:
+            raise SourcesChangedError(
+                f"checkpoint {format_tokens(src.tokens)} of run {selection.run!r} was replaced since it was selected"
+            )
+        out[src.tokens] = manifest
+    return out
+
+
+def plan_selection(store: Store, selection: AnnealSelection, **plan_kwargs: Any) -> MergePlan:
+    """Plan the merge of a selection (headers only), after checking its sources are unchanged."""
+    manifests = check_sources(store, selection)
+    refs = [checkpoint_ref(store, manifests[t]) for t in selection.tokens]
+    return plan_merge(refs, selection.weights, selection=selection, **plan_kwargs)
+
+
+def published_model(store: Store, selection: AnnealSelection, name: str) -> ModelManifest | None:
+    """The model ``name`` if an earlier attempt (or the same merge asked another way) published it."""
+    try:
+        model = store.get_model(selection.run, name)
+    except ArtifactNotFoundError:
+        return None
+    if [(s.tokens, s.sha256) for s in model.sources] != [(s.tokens, s.sha256) for s in selection.sources]:
+        raise MergeError(f"{model.dir} exists but was merged from other checkpoints; delete it to re-run")
+    return model
+
+
+def _publish(
     store: Store,
-    run: str,
-    curve: CurveSpec,
-    window: int | str,
+    plan: MergePlan,
+    name: str | None,
+    write: Callable[[StorePublisher[ModelManifest]], MergeStats],
     *,
-    interval: int | str | None = None,
-    count: int | None = None,
-    end: int | str | None = None,
-    **plan_kwargs: Any,
-) -> MergePlan:
-    """Select the window's checkpoints, weight them by ``curve`` and plan their merge."""
-    sel, manifests = select(store, run, curve, window, interval=interval, count=count, end=end)
-    refs = [checkpoint_ref(store, manifests[t]) for t in sel.tokens]
-    provenance = {"run": run, "store": store.url, **sel.to_dict(), "curve_spec": _curve_dict(curve)}
-    return plan_merge(refs, [float(c) for c in sel.c], provenance=provenance, **plan_kwargs)
-
-
-def _curve_dict(curve: CurveSpec) -> dict[str, Any]:
-    return {**curve.to_dict(), "label": curve.label()}
-
-
-def default_model_name(plan: MergePlan) -> str:
-    p = plan.provenance
-    return f"anneal-{p['curve_spec']['name']}-{format_tokens(int(p['window']))}-at-{format_tokens(int(p['window_end']))}"
+    overwrite: bool = False,
+    config: dict[str, Any] | None = None,
+) -> tuple[ModelManifest, MergeStats]:
+    """Publish a merge of a selection as ``runs/<run>/models/<name>``: files by ``write``, then index and manifest."""
+    sel = plan.selection
+    if sel is None:
+        raise MergeError("only a merge of a run's window can be published to the store")
+    name = name or sel.model_name()
+    with store.publish_model(
+        sel.run,
+        name,
+        kind="anneal",
+        tokens=sel.window_end,
+        dtype=plan.main_dtype,
+        overwrite=overwrite,
+        curve={**sel.curve.model_dump(mode="json"), "label": sel.curve_label},
+        window=sel.window_range,
+        sources=list(sel.sources),
+    ) as pub:
+        stats = write(pub)
+        index = finalize_index(plan)
+        if index is not None:
+            pub.write_bytes(INDEX_NAME, json.dumps(index, indent=2).encode())
+        pub.update(
+            timings={k: float(v) for k, v in stats.timings.items()},
+            bytes_read=stats.bytes_read,
+            config={
+                "accumulate": plan.accumulate,
+                "weights": list(plan.weights),
+                **(config or {}),
+                "merge": build_manifest(plan, stats),
+            },
+        )
+    assert pub.manifest is not None
+    log.info("published %s in %.1fs", layout.model_dir(sel.run, name), stats.seconds)
+    return pub.manifest, stats
 
 
 def publish_merge(
@@ -116,30 +195,9 @@ def publish_merge(
     on_progress: ProgressFn | None = None,
     **kwargs: Any,
 ) -> tuple[ModelManifest, MergeStats]:
-    """Execute ``plan`` (made by :func:`plan_from_store`) into ``runs/<run>/models/<name>``."""
-    p = plan.provenance
-    run = str(p["run"])
-    name = name or default_model_name(plan)
-    dtype = plan.main_dtype
-    w_of = {c["tokens"]: c["w"] for c in p["checkpoints"]}
-    sources = [
-        SourceCheckpoint(
-            tokens=ck.extra["tokens"], sha256=ck.sha256 or "", c=c, w=w_of.get(ck.extra["tokens"]) or 0.0
-        )
-        for ck, c in zip(plan.inputs, plan.weights, strict=True)
-    ]
-    with store.publish_model(
-        run,
-        name,
-        kind="anneal",
-        tokens=int(p["window_end"]),
-        dtype=dtype,
-        overwrite=overwrite,
-        curve=p["curve_spec"],
-        window=Window(start_tokens=int(p["window_start"]), end_tokens=int(p["window_end"])),
-        sources=sources,
-    ) as pub:
+    """Execute ``plan`` (from :func:`plan_selection`) streaming straight into the store."""
 
+    def write(pub: StorePublisher[ModelManifest]) -> MergeStats:
         class _Sink:
             """Adapts the publisher's hashing writer (close = complete the upload)."""
 
@@ -155,7 +213,7 @@ def publish_merge(
             def abort(self) -> None:
                 self._w.abort()
 
-        stats = run_shards(
+        return run_shards(
             plan,
             range(len(plan.shards)),
             None,
@@ -164,15 +222,20 @@ def publish_merge(
             hash_output=False,
             **kwargs,
         )
-        index = finalize_index(plan)
-        if index is not None:
-            pub.write_bytes(INDEX_NAME, json.dumps(index, indent=2).encode())
-        record = build_manifest(plan, stats)
-        pub.update(
-            timings={k: float(v) for k, v in stats.timings.items()},
-            bytes_read=stats.bytes_read,
-            config={"accumulate": plan.accumulate, "weights": list(plan.weights), "merge": record},
-        )
-    assert pub.manifest is not None
-    log.info("published %s in %.1fs", layout.model_dir(run, name), stats.seconds)
-    return pub.manifest, stats
+
+    return _publish(store, plan, name, write, overwrite=overwrite)
+
+
+def publish_parts(
+    store: Store, plan: MergePlan, scratch: str, part_stats: Sequence[MergeStats], *, name: str | None = None
+) -> ModelManifest:
+    """The final step of a split merge: check every shard the parts wrote, then publish them atomically."""
+
+    def write(pub: StorePublisher[ModelManifest]) -> MergeStats:
+        stats = finalize_sharded(plan, scratch, part_stats, fsync=False)
+        for shard in plan.shards:
+            pub.put_file(shard.filename, os.path.join(scratch, shard.filename))
+        return stats
+
+    manifest, _ = _publish(store, plan, name, write, config={"parts": len(part_stats)})
+    return manifest

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from merger.writer import LocalFileSink, ShardWriter, Sink
+from merger.formats.safetensors import SafetensorsWriter
+from merger.writer import LocalFileSink, Sink
 
 SinkFactory = Callable[[str], Sink]
 """Opens the sink for an output file name (local temp file, store publisher stream)."""
@@ -47,7 +48,7 @@ class WriteThread:
         self.hash_output = hash_output
         self.seconds = 0.0
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=QUEUE_DEPTH)
-        self._writers: dict[int, ShardWriter] = {}
+        self._writers: dict[int, SafetensorsWriter] = {}
         self._hashes: dict[int, Any] = {}
         self._files: list[dict[str, Any]] = []
         self._error: BaseException | None = None
@@ -125,7 +126,7 @@ class WriteThread:
         op, shard = item[0], item[1]
         if op == "open":
             _, _, filename, entries, metadata = item
-            w = ShardWriter(filename, self.open_sink(filename), entries, metadata)
+            w = SafetensorsWriter(filename, self.open_sink(filename), entries, metadata)
             self._writers[shard] = w
             if self.hash_output:
                 self._hashes[shard] = hashlib.sha256(w.header)

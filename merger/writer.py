@@ -1,4 +1,4 @@
-"""Streaming safetensors output: header first (known up front), then data strictly in order.
+"""Where output bytes go: sinks that publish a file only when it is complete, and small JSON files.
 
 Names, dtypes and shapes fix every offset, so the header is written before any data and tensors
 are appended as their chunks complete: nothing is held back in memory. Bytes go to a sink: a
@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Sequence
 from typing import Any, Protocol
-
-from merger.safetensors_io import encode_header
 
 
 class Sink(Protocol):
@@ -52,54 +49,6 @@ class LocalFileSink:
             self._file.close()
         if os.path.exists(self.tmp_path):
             os.unlink(self.tmp_path)
-
-
-class ShardWriter:
-    """Writes one safetensors file into ``sink``: the header at once, then tensor bytes in order."""
-
-    def __init__(
-        self,
-        name: str,
-        sink: Sink,
-        entries: Sequence[tuple[str, str, tuple[int, ...]]],
-        metadata: dict[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.sink = sink
-        header, offsets = encode_header(list(entries), metadata or {})
-        self.header = header
-        self.size = len(header) + (offsets[-1][1] if offsets else 0)
-        self._remaining = self.size - len(header)
-        self.bytes_written = 0
-        self._write(header)
-
-    def _write(self, data: bytes | memoryview | Any) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            n = self.sink.write(view)
-            n = len(view) if n is None else n  # some file-likes return None for "all written"
-            if n <= 0:
-                raise OSError(f"{self.name}: write made no progress")
-            view = view[n:]
-            self.bytes_written += n
-
-    def write(self, data: bytes | memoryview | Any) -> None:
-        """Append tensor bytes; more than the header announced is a bug, so it raises."""
-        n = memoryview(data).nbytes
-        if n > self._remaining:
-            raise RuntimeError(f"{self.name}: {n} bytes more than the header announced")
-        self._remaining -= n
-        self._write(data)
-
-    def commit(self) -> None:
-        """Check completeness, then make the file visible (rename / complete the upload)."""
-        if self._remaining:
-            self.sink.abort()
-            raise RuntimeError(f"{self.name}: {self._remaining} bytes of tensor data missing")
-        self.sink.commit()
-
-    def abort(self) -> None:
-        self.sink.abort()
 
 
 def write_json_atomic(path: str, obj: Any, *, fsync: bool = True) -> None:

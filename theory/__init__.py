@@ -7,7 +7,7 @@ from theory.curves import ALIASES, CURVE_NAMES, CurveSpec, canonical_curve_name
 from theory.errors import TheoryError
 from theory.lr_curve import LRCurve, effective_lr_curve, target_lr_curve
 from theory.selection import Selection, select_checkpoints, weights_for_grid
-from theory.sizes import format_tokens, parse_tokens
+from theory.sizes import format_tokens, format_tokens_exact, parse_tokens
 from theory.theorem import (
     decay_from_merge_weights,
     merge_weights_from_decay,
@@ -26,6 +26,7 @@ __all__ = [
     "decay_from_merge_weights",
     "effective_lr_curve",
     "format_tokens",
+    "format_tokens_exact",
     "merge_weights_from_decay",
     "parse_tokens",
     "select_checkpoints",

@@ -7,6 +7,7 @@ and ``custom`` carries its decay coefficients w_1..w_k directly.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,19 @@ class CurveSpec:
         """Short human label, e.g. ``1-sqrt``, ``ema(α=0.2)``, ``cosine floor=0.1``."""
         text = f"ema(α={self.alpha:g})" if self.name == "ema" else self.name
         return f"{text} floor={self.floor:g}" if self.floor else text
+
+    def slug(self) -> str:
+        """A name-safe id carrying every parameter: ``1-sqrt``, ``ema-a0.2``, ``cosine-floor0.1``,
+        ``custom-<8 hex of the coefficients>``. Different curves never share a slug."""
+        text = self.name
+        if self.alpha is not None:
+            text += f"-a{self.alpha!r}"
+        if self.coefficients is not None:
+            digest = hashlib.sha256(repr(self.coefficients).encode()).hexdigest()[:8]
+            text += f"-{digest}"
+        if self.floor:
+            text += f"-floor{float(self.floor)!r}"
+        return text
 
     def to_dict(self) -> dict[str, object]:
         """JSON-friendly parameters; ``CurveSpec(**spec.to_dict())`` rebuilds the same curve."""

@@ -66,3 +66,18 @@ def format_tokens(tokens: int) -> str:
             text = f"{quotient:.3f}".rstrip("0").rstrip(".")
             return f"{text}{suffix}"
     return str(tokens)
+
+
+def format_tokens_exact(tokens: int) -> str:
+    """Like :func:`format_tokens` but never rounded: ``1048576`` is ``1.048576M``, not ``1.049M``.
+
+    Names of artifacts use this form, so two different token counts never share a name.
+    """
+    if tokens < 0:
+        raise TheoryError(f"token count {tokens} is negative")
+    for suffix, exponent in (("T", 12), ("B", 9), ("M", 6), ("k", 3)):
+        if tokens >= 10**exponent:
+            whole, frac = divmod(tokens, 10**exponent)
+            digits = str(frac).rjust(exponent, "0").rstrip("0")
+            return f"{whole}.{digits}{suffix}" if digits else f"{whole}{suffix}"
+    return str(tokens)

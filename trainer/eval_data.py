@@ -24,8 +24,8 @@ from trainer.generate import task_accuracy
 from trainer.load import StoredModel
 from trainer.sft_data import Batch, Example, encode_all
 from trainer.sft_suite import TaskItem, load_suite
-from wsm.eval_config import SharpnessConfig
 from trainer.tokenizer import eod_id, pad_id
+from wsm.eval_config import SharpnessConfig
 
 if TYPE_CHECKING:
     from wsm.eval_config import EvalConfig

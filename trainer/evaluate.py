@@ -26,10 +26,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.eval_data import Prepared, prepare_eval_data
 from trainer.load import StoredModel, build_stored_model, load_weights, resolve

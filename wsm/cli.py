@@ -15,23 +15,20 @@ import warnings
 from collections.abc import Sequence
 
 from wsm import __version__
+from wsm.errors import UsageError
 
 # subcommand -> module providing register(); kept in one place so `wsm --help` lists them all.
 SUBCOMMANDS: dict[str, str] = {
     "weights": "wsm.commands.weights",
     "train": "trainer.cli",
     "up": "wsm.commands.up",
-    "merge": "merger.cli",
-    "serve": "api.cli",
-    "worker": "merger.worker_cli",
+    "merge": "wsm.commands.merge",
+    "serve": "wsm.commands.serve",
+    "worker": "anneal.broker.worker_cli",
     "anneal": "wsm.commands.anneal",
     "evaluate": "trainer.eval_cli",
     "export": "trainer.export_cli",
 }
-
-
-class UsageError(Exception):
-    """A user mistake a command reports as one line, exit code 2, without a traceback."""
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -7,10 +7,11 @@ the same thing everywhere. docker-compose and ``.env.example`` only set variable
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wsm.eval_config import EvalConfig
 
 
 class Settings(BaseSettings):
@@ -48,7 +49,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Logging level of every wsm process."""
 
-    # -- anneal service: broker, workers, jobs (merger/celery_app.py, merger/tasks.py) --------
+    # -- anneal service: broker, workers, jobs (anneal/broker/app.py, anneal/broker/tasks.py) --------
     broker_url: str | None = None
     """Celery broker: ``redis://host:6379/0`` in production; unset = embedded SQLite broker in ``state_dir``."""
 
@@ -82,8 +83,9 @@ class Settings(BaseSettings):
     recovery_interval_s: float = 60.0
     """How often each worker sweeps job records for lost jobs (also once at start)."""
 
-    eval_config: dict[str, Any] | None = None
-    """JSON object of ``trainer.evaluate.EvalConfig`` fields used for every job's evaluation (unset: its defaults)."""
+    eval_config: EvalConfig = Field(default_factory=EvalConfig)
+    """JSON object of :class:`wsm.eval_config.EvalConfig` fields used for every job's evaluation (unset: its
+    defaults); validated when settings load, so a bad value stops the API at start-up."""
 
     api_token: str | None = None
     """Bearer token required by mutating API endpoints; unset = no auth and ``wsm serve`` binds to loopback only."""

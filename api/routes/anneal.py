@@ -5,14 +5,14 @@ from __future__ import annotations
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from api import service
+from anneal import jobs, resolve
+from anneal import submit as service
+from anneal.errors import BrokerUnavailable
+from anneal.jobs import JobRecord
 from api.convert import job_out
 from api.deps import StoreDep, require_token, run_name
-from api.enqueue import BrokerUnavailable
 from api.errors import ApiError, responses
 from api.schemas import AnnealAccepted, AnnealRequest, JobList, JobOut
-from merger import jobs, pipeline
-from merger.jobs import JobRecord
 from wsm.store import validate_name
 
 router = APIRouter(tags=["anneal"])
@@ -44,18 +44,16 @@ async def post_anneal(body: AnnealRequest, request: Request) -> Response:
     # The hot path of the service: one hop to a worker thread for everything that may block
     # (listing refresh, store reads and writes), and the answer rendered once, here.
     state = request.app.state
-    curve = pipeline.curve_spec(body.curve, alpha=body.alpha, floor=body.floor)
+    curve = resolve.curve_spec(body.curve, alpha=body.alpha, floor=body.floor)
+    window = resolve.window_request(body.window, body.interval, body.count, body.end)
     run = validate_name(body.run, "run name") if body.run is not None else None
 
     def resolve_and_submit() -> tuple[JobRecord, bool]:
-        spec = pipeline.resolve(
+        spec = resolve.resolve(
             state.listing,
             curve=curve,
-            window=body.window,
+            request=window,
             run=run,
-            interval=body.interval,
-            count=body.count,
-            end=body.end,
             evaluate=body.evaluate,
             eval_config=state.settings.eval_config,
         )
@@ -94,7 +92,7 @@ def list_jobs(
     run: str | None = Query(default=None, description="Run name; default: every run."),
 ) -> JobList:
     if run is not None:
-        names = [pipeline.choose_run(store, run_name(run))]
+        names = [resolve.choose_run(store, run_name(run))]
     else:
         names = [r.run for r in store.list_runs()]
     records = [r for name in names for r in jobs.list_jobs(store, name)]

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 
+from anneal import resolve
 from api.convert import checkpoint_out, eval_out, model_id, model_out, run_summary
 from api.deps import StoreDep, run_name
 from api.schemas import CheckpointList, EvalList, ModelList, RunDetail, RunList
-from merger import pipeline
 from wsm.store import RunManifest, Store
 
 router = APIRouter(tags=["runs"])
 
 
 def _run(store: Store, run: str) -> RunManifest:
-    return store.get_run(pipeline.choose_run(store, run_name(run)))
+    return store.get_run(resolve.choose_run(store, run_name(run)))
 
 
 @router.get("/runs", response_model=RunList, summary="All runs")

@@ -28,6 +28,8 @@ class FileInfo:
 
     uri: str
     size: int
+    layout_sha256: str = ""
+    """sha256 of the file's own metadata (a safetensors header): a cheap identity of its layout."""
 
 
 @dataclass(frozen=True)

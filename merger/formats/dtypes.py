@@ -30,3 +30,11 @@ TORCH_TO_CODE: dict[torch.dtype, str] = {v[0]: k for k, v in DTYPES.items()}
 # user-facing names for output dtypes
 DTYPE_NAMES: dict[str, str] = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
 CODE_TO_NAME: dict[str, str] = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+def tensor_view(buf: memoryview, dtype: str) -> torch.Tensor:
+    """A 1-D tensor over raw little-endian bytes, without copying (bf16 included: numpy lacks it)."""
+    tdtype = DTYPES[dtype][0]
+    if len(buf) == 0:
+        return torch.empty(0, dtype=tdtype)
+    return torch.frombuffer(buf, dtype=tdtype)

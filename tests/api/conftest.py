@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from anneal.errors import BrokerUnavailable
 from api.app import create_app
-from api.enqueue import BrokerUnavailable
 from tests.api.fixtures import make_run
 from tests.conftest import make_settings
 from wsm.settings import Settings

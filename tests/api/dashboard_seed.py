@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save
 
-from merger import jobs, pipeline, runner
+from anneal import jobs, pipeline, runner
 from theory import CurveSpec, select_checkpoints
 from wsm.store import Store, Window, layout
 from wsm.store.manifests import SourceCheckpoint
@@ -206,7 +206,7 @@ WORKER_METRICS = {
 class ScriptedWorker:
     """An enqueuer for browser tests: a thread that walks each job through the stages the page shows.
 
-    The merge itself is real (merger.pipeline: check sources, plan, merge, publish); the
+    The merge itself is real (anneal.pipeline: check sources, plan, merge, publish); the
     orchestration (Celery, locks, heartbeats) and the SFT evaluation are replaced by a script that
     pauses ``step_s`` between updates, so a polling page can see the job progress.
     """

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from anneal import runner
 from api.app import create_app
-from merger import runner
 from tests.api.conftest import FakeEnqueuer
 from wsm.cli import main
 from wsm.settings import Settings

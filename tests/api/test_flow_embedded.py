@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from anneal.broker.enqueue import CeleryEnqueuer
 from api.app import create_app
 from tests.api.fixtures import make_run
 from tests.api.worker import Worker, redis_server, service_env, wait_for
@@ -48,7 +49,7 @@ def test_anneal_on_embedded_broker_with_split_merge(tmp_path: Path) -> None:
     make_run(store)
     worker = Worker(service_env(settings), tmp_path / "worker.log", queues="merge", concurrency=2)
     try:
-        client = TestClient(create_app(settings, store=store))
+        client = TestClient(create_app(settings, store=store, enqueuer=CeleryEnqueuer(settings)))
         r = client.post("/anneal", json={"curve": "linear", "window": "30M", "evaluate": False})
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]
@@ -79,7 +80,7 @@ def _kill_and_restart(tmp_path: Path, settings: Settings) -> None:
     store = Store(settings.store_url, settings=settings)
     # Many small chunks so the throttled merge takes a few seconds: 4 tensors x 64k floats.
     make_run(store, elements=1 << 16)
-    client = TestClient(create_app(settings, store=store))
+    client = TestClient(create_app(settings, store=store, enqueuer=CeleryEnqueuer(settings)))
     env = service_env(settings)
     first = Worker(env, tmp_path / "worker1.log", queues="merge")
     try:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from anneal.broker.enqueue import CeleryEnqueuer
 from api.app import create_app
 from tests.api.conftest import TINY_EVAL
 from tests.api.worker import Worker, redis_server, service_env, wait_for
@@ -33,7 +34,7 @@ def _flow(tmp_path: Path, template: Path, broker_url: str | None) -> None:
     store = Store(settings.store_url, settings=settings)
     worker = Worker(service_env(settings), tmp_path / "worker.log")
     try:
-        client = TestClient(create_app(settings, store=store))
+        client = TestClient(create_app(settings, store=store, enqueuer=CeleryEnqueuer(settings)))
         assert client.get("/healthz").json()["broker"]["ok"] is True
         r = client.post("/anneal", json={"curve": "1-sqrt", "window": "1024"})
         assert r.status_code == 202, r.text

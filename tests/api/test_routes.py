@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from anneal import jobs, runner
 from api.app import create_app
-from api.cli import bind_host
-from merger import jobs, runner
 from tests.api.conftest import FakeEnqueuer, published
 from tests.api.fixtures import M
+from wsm.commands.serve import bind_host
 from wsm.settings import Settings
 from wsm.store import Store
 

@@ -10,6 +10,8 @@ import yaml
 from merger_helpers import load_output, random_state, save
 from safetensors.torch import save as st_save
 
+from merger.store_io import select
+from theory import CurveSpec
 from wsm.cli import main
 
 
@@ -144,5 +146,8 @@ def test_run_from_local_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         == 0
     )
     models = Store(url).list_models("r1")
-    assert [m.name for m in models] == ["anneal-1-sqrt-30B-at-40B"]
+    # The same name the service gives the same merge (one name for one merge).
+    expected = select(Store(url), "r1", CurveSpec("1-sqrt"), "30B", interval="10B").model_name()
+    assert [m.name for m in models] == [expected]
+    assert expected.startswith("anneal-1-sqrt-w30B-at-40B-n3-")
     assert [s.tokens for s in models[0].sources] == [2 * 10**10, 3 * 10**10, 4 * 10**10]

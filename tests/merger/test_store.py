@@ -12,8 +12,8 @@ from safetensors.torch import load
 from safetensors.torch import save as st_save
 
 from merger import execute_merge, plan_merge
-from merger.inputs import get_fs
-from merger.store_io import plan_from_store, publish_merge
+from merger.formats.sources import get_fs
+from merger.store_io import plan_selection, publish_merge, select
 from theory import CurveSpec, select_checkpoints
 from wsm.store import Store
 
@@ -67,7 +67,7 @@ def test_s3_merge_uses_only_ranged_reads_and_publishes(
     states = _publish_run(s3_store)
     rec = _Recorder(s3_store.fs, monkeypatch)
     curve = CurveSpec("1-sqrt")
-    plan = plan_from_store(s3_store, "r1", curve, "30B", interval="10B", chunk_bytes=65536)
+    plan = plan_selection(s3_store, select(s3_store, "r1", curve, "30B", interval="10B"), chunk_bytes=65536)
     assert get_fs(plan.inputs[0].uri, plan.storage_options)[0] is s3_store.fs
     sel = select_checkpoints([10 * B, 20 * B, 30 * B, 40 * B], curve, "30B", interval="10B")
     assert [ck.extra["tokens"] for ck in plan.inputs] == list(sel.tokens) == [20 * B, 30 * B, 40 * B]
@@ -79,7 +79,7 @@ def test_s3_merge_uses_only_ranged_reads_and_publishes(
     sizes = {f.uri.split("://", 1)[1]: f.size for ck in plan.inputs for f in ck.files}
     fetched = sum(end - start for _, start, end in reads if start is not None and end is not None)
     # headers (8 bytes + JSON, read twice: plan and size check) + every tensor byte exactly once
-    header_bytes = sum(ck.files[0].header.data_offset for ck in plan.inputs)
+    header_bytes = sum(min(t.chunks[0].byte_offset for t in ck.tensors.values()) for ck in plan.inputs)
     assert fetched == header_bytes + plan.bytes_to_read
     assert fetched <= sum(sizes.values()) + header_bytes
 
@@ -111,9 +111,10 @@ def test_s3_uri_inputs_without_the_store(s3_store: Store, tmp_path: Path) -> Non
 
 def test_local_store_merge_and_publish(local_store: Store) -> None:
     _publish_run(local_store)
-    plan = plan_from_store(local_store, "r1", CurveSpec("linear"), "40B")
+    plan = plan_selection(local_store, select(local_store, "r1", CurveSpec("linear"), "40B"))
+    assert plan.selection is not None
     assert list(plan.weights) == pytest.approx([0.25] * 4)
     manifest, _ = publish_merge(local_store, plan)
-    assert manifest.name == "anneal-linear-40B-at-40B"
+    assert manifest.name == plan.selection.model_name() and manifest.name.startswith("anneal-linear-w40B-at-40B-n4-")
     assert local_store.list_models("r1")[0].dtype == "bfloat16"
     local_store.verify(manifest)

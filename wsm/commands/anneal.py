@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any
 
-from wsm.cli import UsageError
 from wsm.commands.options import add_curve_arguments, add_window_arguments, parse_coefficients
+from wsm.errors import UsageError
 
 TERMINAL = ("done", "failed")
 

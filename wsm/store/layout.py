@@ -90,7 +90,7 @@ def jobs_dir(run: str) -> str:
 
 
 def job_path(run: str, job_id: str) -> str:
-    """The record of an anneal job (a JSON file owned by merger/jobs.py; docs/STORE.md "Jobs")."""
+    """The record of an anneal job (a JSON file owned by anneal/jobs.py; docs/STORE.md "Jobs")."""
     return f"{jobs_dir(run)}/{validate_name(job_id, 'job id')}.json"
 
 

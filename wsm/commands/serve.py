@@ -7,7 +7,9 @@ be open to anyone who can reach it. It says so at start.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+from typing import Any
 
 log = logging.getLogger("wsm.serve")
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("no WSM_API_TOKEN: mutating endpoints are unauthenticated; listening on loopback only")
     log.info("serving the API on http://%s:%d", host, port)
     uvicorn.run(
-        "api.app:create_app",
+        "wsm.commands.serve:create_service_app",
         factory=True,
         host=host,
         port=port,
@@ -61,3 +63,18 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
     )
     return 0
+
+
+def create_service_app() -> Any:
+    """The API wired to the Celery broker: what ``wsm serve`` runs (uvicorn's factory).
+
+    The API itself knows only the :class:`~anneal.ports.Enqueuer` port; the Celery adapter is
+    chosen here, on top of every package. It is built on first use, so the app starts (and
+    serves reads) even while the broker is down.
+    """
+    from anneal.broker.enqueue import CeleryEnqueuer
+    from api.app import create_app
+    from wsm.settings import get_settings
+
+    settings = get_settings()
+    return create_app(settings, enqueuer=functools.lru_cache(maxsize=1)(lambda: CeleryEnqueuer(settings)))

@@ -1,4 +1,4 @@
-"""The anneal pipeline without a broker: merger/pipeline.py and merger/runner.py driven in-process.
+"""The anneal pipeline without a broker: anneal/pipeline.py and anneal/runner.py driven in-process.
 
 Dispatch is replaced by direct calls, so these tests cover stage bookkeeping, idempotency, the
 split (multi-part) merge, failures and the recovery sweep in milliseconds.
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from merger import jobs, pipeline, runner
+from anneal import jobs, pipeline, runner
+from anneal.locks import FileJobLock
 from merger.engine import execute_merge
-from merger.locks import FileJobLock
 from tests.api.fixtures import M, make_run
 from tests.conftest import make_settings
 from wsm.settings import Settings

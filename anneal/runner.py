@@ -1,12 +1,12 @@
-"""Running jobs: claim, heartbeat, stage bookkeeping, failure and recovery, around merger/pipeline.py.
+"""Running jobs: claim, heartbeat, stage bookkeeping, failure and recovery, around anneal/pipeline.py.
 
-Celery-agnostic: merger/tasks.py passes in how to enqueue the next step (``Dispatch``), so this
+Celery-agnostic: anneal/broker/tasks.py passes in how to enqueue the next step (``Dispatch``), so this
 module can be tested without a broker. Every state change is written to the job record in the
-store (merger/jobs.py), which is what the API shows and what survives restarts.
+store (anneal/jobs.py), which is what the API shows and what survives restarts.
 
 Rules that make jobs idempotent and crash-safe:
 
-* A job's merge and its evaluation each run under a lock (merger/locks.py); a second message for
+* A job's merge and its evaluation each run under a lock (anneal/locks.py); a second message for
   the same job finds the lock taken (retry later) or the record finished (return at once).
 * Every attempt gets a fresh ``attempt_id``; parts and the final step of a split merge carry it
   and do nothing if the record has moved on to a newer attempt (a stale chord is harmless).
@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from merger import jobs, pipeline
-from merger.errors import MergeError
-from merger.jobs import JobRecord, utcnow
-from merger.locks import job_lock
+from anneal import jobs, pipeline
+from anneal.jobs import EvalSummary, JobRecord, utcnow
+from anneal.locks import job_lock
+from anneal.ports import Evaluator
 from wsm.settings import Settings
 from wsm.store import ArtifactExistsError, Store
 
@@ -192,9 +192,8 @@ def _merge_stage(
     spec = record.spec
     with Heartbeat(store, record, settings, renew) as hb:
         hb.save(stage="resolving", progress=0.0, message="checking the source checkpoints")
-        manifests = pipeline.check_sources(store, spec)
         if pipeline.published_model(store, spec) is None:
-            plan = pipeline.build_plan(store, spec, manifests)
+            plan = pipeline.build_plan(store, spec)
             parts = (
                 pipeline.split(plan, settings.merge_parts)
                 if plan.bytes_to_read > settings.merge_split_bytes
@@ -218,11 +217,11 @@ def _merge_stage(
 
 def run_part(
     store: Store, settings: Settings, run: str, job_id: str, attempt_id: str, index: int, parts: int
-) -> dict[str, Any]:
+) -> pipeline.PartResult:
     """One part of a split merge. Never raises for bad input: the final step reports the error."""
     record = jobs.find(store, run, job_id)
     if record is None or record.attempt_id != attempt_id or record.state != "running":
-        return {"skipped": True}
+        return pipeline.PartResult(part=index, skipped=True)
     scratch = scratch_dir(settings, job_id, attempt_id)
     done = {"percent": 0.0}
 
@@ -252,7 +251,7 @@ def run_part(
         if is_transient(e):
             raise
         log.error("job %s part %d failed", job_id, index, exc_info=True)
-        return {"error": _reason(e), "part": index}
+        return pipeline.PartResult(part=index, error=_reason(e))
     finally:
         stop.set()
         thread.join()
@@ -265,7 +264,7 @@ def finalize_split(
     run: str,
     job_id: str,
     attempt_id: str,
-    results: list[dict[str, Any]],
+    results: list[pipeline.PartResult],
     dispatch: Dispatch,
 ) -> str:
     """Final step of a split merge: publish the parts' shards with the index, atomically."""
@@ -276,12 +275,7 @@ def finalize_split(
         if record is None or record.attempt_id != attempt_id or record.state != "running":
             pipeline.remove_scratch(scratch)
             return "stale"
-        errors = [r for r in results if "error" in r]
         try:
-            if errors:
-                raise MergeError(f"part {errors[0]['part']} failed: {errors[0]['error']}")
-            if any(r.get("skipped") for r in results):
-                raise MergeError("a part was skipped; the job moved on to another attempt")
             with Heartbeat(store, record, settings, lock.renew) as hb:
                 hb.save(stage="publishing", progress=0.0, message="publishing shards")
                 try:
@@ -299,7 +293,9 @@ def finalize_split(
         lock.release()
 
 
-def evaluate(store: Store, settings: Settings, broker_url: str, run: str, job_id: str) -> str:
+def evaluate(
+    store: Store, settings: Settings, broker_url: str, run: str, job_id: str, evaluator: Evaluator
+) -> str:
     """Stages 3-4: evaluate the annealed model, then the WSO checkpoint at the window's end."""
     lock = _claim(settings, broker_url, f"{job_id}.eval")
     try:
@@ -309,7 +305,7 @@ def evaluate(store: Store, settings: Settings, broker_url: str, run: str, job_id
         targets = pipeline.evaluation_targets(record.spec)
         try:
             with Heartbeat(store, record, settings, lock.renew) as hb:
-                for which in ("anneal", "baseline"):
+                for which in targets:
                     if which in record.evals:
                         continue
                     hb.save(
@@ -317,8 +313,10 @@ def evaluate(store: Store, settings: Settings, broker_url: str, run: str, job_id
                         progress=0.0,
                         message=f"SFT evaluation of {targets[which]}",
                     )
-                    manifest = pipeline.evaluate(store, record.spec, targets[which], _eval_progress(hb))
-                    hb.save(evals={**record.evals, which: pipeline.eval_summary(manifest)})
+                    manifest = pipeline.evaluate(
+                        evaluator, store, record.spec, targets[which], _eval_progress(hb)
+                    )
+                    hb.save(evals={**record.evals, which: EvalSummary.of(manifest)})
         except Exception as e:
             if is_transient(e):
                 raise

@@ -8,9 +8,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from api.enqueue import BrokerUnavailable
-from api.publisher import Publisher
-from merger import jobs
+from anneal import jobs
+from anneal.errors import BrokerUnavailable
+from anneal.outbox import Publisher
 from tests.api.conftest import FakeEnqueuer, published
 from wsm.store import Store
 

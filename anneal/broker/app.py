@@ -6,7 +6,7 @@ queues shared by every process on the machine and no server to run. Its trade-of
 docs/API.md): it polls (about one second of latency per hop), serialises writers on one file
 (fine for tens of requests per second, not thousands), only works for processes on one machine,
 and forgets a message whose consumer was SIGKILLed; job records plus the workers' recovery sweep
-(merger/runner.py) cover that last point.
+(anneal/runner.py) cover that last point.
 
 Crash safety: ``acks_late`` (a message is acknowledged only after its task returns),
 ``reject_on_worker_lost`` (a task whose pool process died is requeued), prefetch 1 (a worker

@@ -1,8 +1,10 @@
-"""Celery tasks: thin wrappers that deserialise arguments and call merger/runner.py.
+"""Celery tasks: thin wrappers that deserialise arguments and call anneal/runner.py.
+
+This is where the worker wires the trainer's evaluator into the use case's Evaluator port.
 
 Arguments are plain ids (run, job id, attempt id, part index); the job's inputs are read from its
 record in the store, so a message is tiny and a redelivered one runs against the current state.
-Queues: merging on ``merge``, SFT evaluation on ``eval`` (merger/celery_app.py routes them).
+Queues: merging on ``merge``, SFT evaluation on ``eval`` (anneal/broker/app.py routes them).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import Any
 
 from celery import chord, group
 
-from merger import runner
-from merger.celery_app import (
+from anneal import runner
+from anneal.broker.app import (
     EVAL_QUEUE,
     MERGE_QUEUE,
     TASK_ANNEAL,
@@ -24,6 +26,8 @@ from merger.celery_app import (
     broker_url,
     create_celery,
 )
+from anneal.pipeline import PartResult
+from anneal.ports import Evaluator
 from wsm.settings import get_settings
 from wsm.store import Store, open_store
 
@@ -35,6 +39,13 @@ app = create_celery()
 @lru_cache(maxsize=1)
 def _store() -> Store:
     return open_store(settings=get_settings())
+
+
+def _evaluator() -> Evaluator:
+    """The trainer's SFT evaluation behind the use case's Evaluator port (imports torch: worker only)."""
+    from trainer.evaluate import evaluate_model
+
+    return evaluate_model
 
 
 def _broker() -> str:
@@ -69,15 +80,18 @@ def anneal(self: Any, run: str, job_id: str) -> str:
 @app.task(name=TASK_MERGE_PART, ignore_result=False)  # type: ignore[untyped-decorator]
 def merge_part(run: str, job_id: str, attempt_id: str, index: int, parts: int) -> dict[str, Any]:
     """One part of a split merge: writes its shards to the shared scratch directory."""
-    return runner.run_part(_store(), get_settings(), run, job_id, attempt_id, index, parts)
+    return runner.run_part(_store(), get_settings(), run, job_id, attempt_id, index, parts).model_dump(
+        mode="json"
+    )
 
 
 @app.task(name=TASK_FINALIZE, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
 def finalize_merge(self: Any, results: list[dict[str, Any]], run: str, job_id: str, attempt_id: str) -> str:
     """After every part: check the shards, publish them with the index, queue the evaluation."""
     try:
+        parsed = [PartResult.model_validate(r) for r in results]
         return runner.finalize_split(
-            _store(), get_settings(), _broker(), run, job_id, attempt_id, results, DISPATCH
+            _store(), get_settings(), _broker(), run, job_id, attempt_id, parsed, DISPATCH
         )
     except runner.Busy:
         raise self.retry(countdown=get_settings().job_heartbeat_s) from None
@@ -87,11 +101,11 @@ def finalize_merge(self: Any, results: list[dict[str, Any]], run: str, job_id: s
 def evaluate(self: Any, run: str, job_id: str) -> str:
     """Stages 3-4: SFT evaluation of the annealed model and of the WSO checkpoint."""
     try:
-        return runner.evaluate(_store(), get_settings(), _broker(), run, job_id)
+        return runner.evaluate(_store(), get_settings(), _broker(), run, job_id, _evaluator())
     except runner.Busy:
         raise self.retry(countdown=get_settings().job_heartbeat_s) from None
 
 
 def recovery() -> runner.Recovery:
-    """The sweep a worker runs at start and periodically (merger/worker_cli.py)."""
+    """The sweep a worker runs at start and periodically (anneal/broker/worker_cli.py)."""
     return runner.Recovery(_store(), get_settings(), enqueue_anneal, enqueue_evaluate)

@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wsm.store import ArtifactNotFoundError, Store, layout
+from merger.provenance import AnnealSelection as AnnealSelection
+from wsm.eval_config import EvalConfig
+from wsm.store import ArtifactNotFoundError, EvalManifest, Store, layout
 from wsm.store.backend import rm_quiet
 
 log = logging.getLogger(__name__)
@@ -34,41 +36,95 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+EvalTarget = Literal["anneal", "baseline"]
+
+
+class EvalSummary(BaseModel):
+    """What a job record keeps of one evaluation (the full record is the store's EvalManifest)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    """Evaluation name in the store (``runs/<run>/evals/<name>``)."""
+    run: str
+    """Run of the evaluated model."""
+    model_dir: str
+    """Store-relative directory of what was evaluated."""
+    metrics: dict[str, float]
+    """Metric name to value."""
+    config: dict[str, Any]
+    """The evaluation's configuration as recorded."""
+    seeds: list[int]
+    """Seeds the result depends on."""
+    duration_s: float
+    """Wall-clock seconds the evaluation took."""
+    created_at: datetime
+    """When the evaluation was recorded (UTC)."""
+
+    @classmethod
+    def of(cls, manifest: EvalManifest) -> EvalSummary:
+        return cls(
+            name=manifest.name,
+            run=manifest.run,
+            model_dir=manifest.model_id,
+            metrics=dict(manifest.metrics),
+            config=dict(manifest.config),
+            seeds=list(manifest.seeds),
+            duration_s=manifest.duration_s,
+            created_at=manifest.created_at,
+        )
+
+
+class WindowRequest(BaseModel):
+    """The window as the client asked for it, kept for display (the selection is what counts)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: int = Field(ge=1)
+    """Requested window width, in tokens."""
+    interval: int | None = Field(default=None, ge=1)
+    """Requested spacing between merged checkpoints, in tokens (None: every checkpoint or ``count``)."""
+    count: int | None = Field(default=None, ge=2)
+    """Requested number of merged checkpoints."""
+    end: int | None = Field(default=None, ge=0)
+    """Requested end of the window, in tokens (None: the newest checkpoint)."""
+
+
 class JobSpec(BaseModel):
     """The immutable inputs of a job, resolved against the store when it was requested."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    run: str
-    curve: dict[str, Any]
-    """``CurveSpec.to_dict()``: name, alpha, floor, coefficients."""
-    request: dict[str, Any]
-    """The request as given (window, interval, count, end), for display."""
-    selection: dict[str, Any]
-    """``Selection.to_dict()`` with each checkpoint's ``sha256`` added."""
+    selection: AnnealSelection
+    """Run, curve, window and the exact source checkpoints (with digests) and weights."""
+    request: WindowRequest
+    """The request as given, for display."""
     evaluate: bool
-    eval_config: dict[str, Any] | None = None
+    """Whether the annealed model and the WSO checkpoint at the window's end get evaluated."""
+    eval_config: EvalConfig | None = None
+    """The evaluation's configuration (None: no evaluation)."""
     model_name: str
+    """Name of the annealed model in ``runs/<run>/models/``: ``selection.model_name()``."""
+
+    @property
+    def run(self) -> str:
+        return self.selection.run
 
     @property
     def tokens(self) -> list[int]:
-        return [int(c["tokens"]) for c in self.selection["checkpoints"]]
+        return self.selection.tokens
 
     @property
     def window_end(self) -> int:
-        return int(self.selection["window_end"])
-
-    @staticmethod
-    def merge_key(run: str, curve: dict[str, Any], selection: dict[str, Any]) -> str:
-        """Digest of what the merged weights depend on (not the eval settings)."""
-        return _digest({"run": run, "curve": curve, "selection": selection})
+        return self.selection.window_end
 
     def job_id(self) -> str:
+        """Same merge and same evaluation settings, same job: a digest of exactly those."""
         key = _digest(
             {
-                "merge": self.merge_key(self.run, self.curve, self.selection),
+                "merge": self.selection.key(),
                 "evaluate": self.evaluate,
-                "eval_config": self.eval_config if self.evaluate else None,
+                "eval_config": self.eval_config.model_dump(mode="json") if self.eval_config else None,
             }
         )
         return f"job-{key[:24]}"
@@ -91,8 +147,8 @@ class JobRecord(BaseModel):
     """Random id of the current attempt: a stale chord of an earlier attempt recognises itself by it."""
     split_parts: int = 0
     model_published: bool = False
-    evals: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """``{"anneal": {...}, "baseline": {...}}``: summaries of the recorded EvalManifests."""
+    evals: dict[EvalTarget, EvalSummary] = Field(default_factory=dict)
+    """The recorded evaluations of the annealed model and of the WSO checkpoint beside it."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     enqueued_at: datetime = Field(default_factory=utcnow)

@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Any
 
-from wsm.cli import UsageError
+from wsm.errors import UsageError
 
 log = logging.getLogger("wsm.merge")
 
@@ -130,12 +130,12 @@ def _plan(args: argparse.Namespace) -> tuple[Any, Any]:
             raise UsageError("give either input files or --run, not both")
         if not args.window:
             raise UsageError("--run needs --window (e.g. --window 80B)")
-        from merger.store_io import plan_from_store
+        from merger import store_io
         from wsm.commands.options import curve_from_args
         from wsm.store import open_store
 
         store = open_store(args.store)
-        plan = plan_from_store(
+        selection = store_io.select(
             store,
             args.run,
             curve_from_args(args),
@@ -143,9 +143,8 @@ def _plan(args: argparse.Namespace) -> tuple[Any, Any]:
             interval=args.interval,
             count=args.count,
             end=args.end,
-            **kwargs,
         )
-        return plan, store
+        return store_io.plan_selection(store, selection, **kwargs), store
     if not args.inputs:
         raise UsageError("nothing to merge: give PATH[:WEIGHT] inputs or --run")
     if not args.output and not args.dry_run and not args.mergekit_yaml:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from merger.celery_app import (
+from anneal.broker.app import (
     EVAL_QUEUE,
     MERGE_QUEUE,
     TASK_ANNEAL,
@@ -39,7 +39,7 @@ def test_crash_safety_settings(tmp_path: Path) -> None:
 
 
 def test_tasks_are_registered_by_name() -> None:
-    from merger import tasks
+    from anneal.broker import tasks
 
     names = set(tasks.app.tasks)
     assert {"wsm.anneal", "wsm.merge_part", "wsm.finalize_merge", "wsm.evaluate"} <= names

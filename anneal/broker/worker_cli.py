@@ -1,7 +1,7 @@
 """``wsm worker [--queues merge,eval]``: a Celery worker for anneal jobs, with the recovery sweep.
 
 Once the worker is ready, a background thread sweeps job records for lost jobs (stale heartbeat)
-and re-enqueues them, at start and every ``recovery_interval_s`` (merger/runner.py, Recovery); once an
+and re-enqueues them, at start and every ``recovery_interval_s`` (anneal/runner.py, Recovery); once an
 hour it also removes killed writers' leftovers older than the broker visibility timeout.
 """
 
@@ -14,7 +14,7 @@ import socket
 import threading
 from typing import Any
 
-from wsm.cli import UsageError
+from wsm.errors import UsageError
 
 log = logging.getLogger("wsm.worker")
 
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _recovery_loop(stop: threading.Event) -> None:
-    from merger.tasks import recovery
+    from anneal.broker.tasks import recovery
     from wsm.settings import get_settings
 
     sweeper = recovery()
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--concurrency must be at least 1")
     from celery.signals import worker_ready, worker_shutdown
 
-    from merger.celery_app import redact
-    from merger.tasks import app
+    from anneal.broker.app import redact
+    from anneal.broker.tasks import app
 
     stop = threading.Event()
 

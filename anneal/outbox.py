@@ -8,7 +8,7 @@ request, which is what bounds the API's tail latency under concurrent clients.
 
 What if the message never goes out (the API process dies, or the broker fails just after the
 acknowledgement)? The job stays ``queued`` in the store; this thread retries while the process
-lives, and every worker's recovery sweep (merger/runner.py) re-enqueues queued jobs that show no
+lives, and every worker's recovery sweep (anneal/runner.py) re-enqueues queued jobs that show no
 sign of life for ``WSM_JOB_STALE_AFTER_S``. A duplicate message is harmless: the worker takes the
 job's lock and finds it running or finished.
 
@@ -26,7 +26,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from api.enqueue import BrokerUnavailable, Enqueuer
+from anneal.errors import BrokerUnavailable
+from anneal.ports import Enqueuer
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Creating jobs: one record per job id, pinned checkpoints, then one message to the broker.
 
-Idempotent: the job id is derived from the request's inputs (merger/jobs.py), so asking twice
+Idempotent: the job id is derived from the request's inputs (anneal/jobs.py), so asking twice
 returns the existing job. Concurrent identical requests in one API process are serialised per
 job id (only one creates the record and enqueues); across API processes or replicas a duplicate
 message is harmless because the worker locks the job and finds it finished or running.
@@ -12,9 +12,9 @@ import threading
 import weakref
 from datetime import timedelta
 
-from api.publisher import Publisher
-from merger import jobs
-from merger.jobs import JobRecord, JobSpec, utcnow
+from anneal import jobs
+from anneal.jobs import JobRecord, JobSpec, utcnow
+from anneal.outbox import Publisher
 from wsm.store import Store
 
 PIN_TTL = timedelta(days=7)
@@ -40,7 +40,7 @@ def submit(store: Store, spec: JobSpec, publisher: Publisher) -> tuple[JobRecord
     needs a reachable broker (else :class:`BrokerUnavailable`, and nothing is written). Its
     checkpoints are pinned, so retention cannot delete them under the job, and its record is
     written durably; that is the acknowledgement. The broker message follows from the
-    publisher's thread (api/publisher.py says why that is safe).
+    publisher's thread (anneal/outbox.py says why that is safe).
     """
     job_id = spec.job_id()
     lock = _lock_for(job_id)

@@ -1,0 +1,112 @@
+"""Stage 1 of a job: turn a request into a :class:`~anneal.jobs.JobSpec`, in the use case's terms.
+
+The window is resolved by the same function ``wsm merge --run`` uses
+(:func:`merger.store_io.select`), so both give the same selection and the same model name.
+Every failure is a :class:`~anneal.errors.RequestError` subclass naming the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from anneal.errors import (
+    InvalidCurveError,
+    InvalidWindowError,
+    NoCheckpointsError,
+    UnknownCurveError,
+    UnknownRunError,
+)
+from anneal.jobs import JobSpec, WindowRequest
+from merger import store_io
+from theory import ALIASES, CURVE_NAMES, CurveSpec, TheoryError, canonical_curve_name, parse_tokens
+from wsm.eval_config import EvalConfig
+from wsm.store import CheckpointManifest, RunManifest
+
+
+class Listing(Protocol):
+    """What resolving needs from the store: a :class:`Store`, or the API's short-lived cache of it."""
+
+    def list_runs(self) -> list[RunManifest]: ...
+
+    def list_checkpoints(self, run: str) -> list[CheckpointManifest]: ...
+
+
+def choose_run(store: Listing, run: str | None) -> str:
+    """``run`` if it exists; unset: the most recently created run."""
+    runs = store.list_runs()
+    names = [r.run for r in runs]
+    if run is None:
+        if not runs:
+            raise UnknownRunError("the store has no runs yet", choices=[])
+        return max(runs, key=lambda r: r.created_at).run
+    if run not in names:
+        raise UnknownRunError(
+            f"unknown run {run!r}; runs in the store: {', '.join(names) or '(none)'}", choices=names
+        )
+    return run
+
+
+def curve_spec(curve: str | Sequence[float], *, alpha: float | None, floor: float) -> CurveSpec:
+    """A validated curve from a name or explicit decay coefficients (a custom curve)."""
+    if isinstance(curve, str):
+        try:
+            name = canonical_curve_name(curve)
+        except TheoryError as e:
+            raise UnknownCurveError(str(e), choices=[*CURVE_NAMES, *ALIASES]) from e
+        if name == "custom":
+            raise InvalidCurveError(
+                'the custom curve is given as a list of coefficients: "curve": [w_1, ..., w_k]'
+            )
+        return _spec(name=name, alpha=alpha, floor=floor)
+    return _spec(name="custom", alpha=alpha, floor=floor, coefficients=tuple(float(v) for v in curve))
+
+
+def _spec(**kwargs: object) -> CurveSpec:
+    try:
+        return CurveSpec(**kwargs)  # type: ignore[arg-type]
+    except TheoryError as e:
+        raise InvalidCurveError(str(e)) from e
+
+
+def window_request(
+    window: int | str, interval: int | str | None, count: int | None, end: int | str | None
+) -> WindowRequest:
+    """Sizes such as ``"80B"`` become integers here, once."""
+    try:
+        return WindowRequest(
+            window=parse_tokens(window, name="window"),
+            interval=parse_tokens(interval, name="interval") if interval is not None else None,
+            count=count,
+            end=parse_tokens(end, name="end", allow_zero=True) if end is not None else None,
+        )
+    except TheoryError as e:
+        raise InvalidWindowError(str(e)) from e
+
+
+def resolve(
+    store: Listing,
+    *,
+    curve: CurveSpec,
+    request: WindowRequest,
+    run: str | None = None,
+    evaluate: bool = True,
+    eval_config: EvalConfig | None = None,
+) -> JobSpec:
+    """Choose the window's checkpoints and weights; the result names the job and its model."""
+    run = choose_run(store, run)
+    if not store.list_checkpoints(run):
+        raise NoCheckpointsError(f"run {run!r} has no published checkpoints yet")
+    try:
+        selection = store_io.select(
+            store, run, curve, request.window, interval=request.interval, count=request.count, end=request.end
+        )
+    except TheoryError as e:
+        raise InvalidWindowError(str(e)) from e
+    return JobSpec(
+        selection=selection,
+        request=request,
+        evaluate=evaluate,
+        eval_config=(eval_config or EvalConfig()) if evaluate else None,
+        model_name=selection.model_name(),
+    )
