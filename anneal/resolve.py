@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from pydantic import ValidationError
+
 from anneal.errors import (
     InvalidCurveError,
     InvalidWindowError,
@@ -82,6 +84,9 @@ def window_request(
         )
     except TheoryError as e:
         raise InvalidWindowError(str(e)) from e
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InvalidWindowError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from e
 
 
 def resolve(

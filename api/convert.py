@@ -30,7 +30,7 @@ def split_model_id(value: str) -> tuple[str, str]:
     run, sep, name = value.partition(MODEL_ID_SEP)
     if not sep or not run or not name:
         raise ValueError(
-            f"model id {value!r} must look like '<run>:<name>', e.g. 'r1:anneal-1-sqrt-80B-at-100B-1a2b3c4d'"
+            f"model id {value!r} must look like '<run>:<name>', e.g. 'r1:anneal-1-sqrt-w80B-at-100B-n5-1a2b3c4d'"
         )
     return run, name
 

@@ -5,7 +5,7 @@ these shapes. Fields are only ever added, never renamed or retyped. Every field 
 described so the OpenAPI document is complete.
 
 Model ids: an annealed or baseline model is addressed as ``<run>:<name>`` (``:`` can never occur
-in a store name, so the split is unambiguous), e.g. ``r1:anneal-1-sqrt-80B-at-100B-1a2b3c4d``.
+in a store name, so the split is unambiguous), e.g. ``r1:anneal-1-sqrt-w80B-at-100B-n5-1a2b3c4d``.
 """
 
 from __future__ import annotations

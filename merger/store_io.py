@@ -56,29 +56,34 @@ def storage_options(store: Store) -> dict[str, Any]:
     return {} if store.is_local else dict(getattr(store.fs, "storage_options", {}) or {})
 
 
-def weight_files(manifest: CheckpointManifest) -> list[str]:
-    """The checkpoint's safetensors files, sorted; refuses a checkpoint without weights."""
+def weight_files(manifest: CheckpointManifest) -> tuple[str, list[str]]:
+    """The checkpoint's main weights file (``model.safetensors`` or the HF index) and its safetensors files.
+
+    Other files of a checkpoint (optimizer moments, RNG state) are never merge inputs.
+    """
     names = {f.name for f in manifest.files}
-    if layout.MODEL_FILE not in names and layout.MODEL_INDEX_FILE not in names:
-        raise MergeError(
-            f"{manifest.dir}: checkpoint has neither {layout.MODEL_FILE} nor {layout.MODEL_INDEX_FILE}"
-        )
-    return sorted(n for n in names if n.endswith(".safetensors"))
+    if layout.MODEL_FILE in names:
+        return layout.MODEL_FILE, [layout.MODEL_FILE]
+    if layout.MODEL_INDEX_FILE in names:
+        shards = sorted(n for n in names if n.startswith("model") and n.endswith(".safetensors"))
+        return layout.MODEL_INDEX_FILE, shards
+    raise MergeError(
+        f"{manifest.dir}: checkpoint has neither {layout.MODEL_FILE} nor {layout.MODEL_INDEX_FILE}"
+    )
 
 
 def weights_sha256(manifest: CheckpointManifest) -> str:
     """The digest of a checkpoint's weights: its file's sha256, or that of ``name sha256`` lines of its shards."""
-    files = weight_files(manifest)
-    if files == [layout.MODEL_FILE]:
-        return manifest.file(layout.MODEL_FILE).sha256
+    main, files = weight_files(manifest)
+    if main == layout.MODEL_FILE:
+        return manifest.file(main).sha256
     lines = "".join(f"{n} {manifest.file(n).sha256}\n" for n in files)
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def checkpoint_ref(store: Store, manifest: CheckpointManifest) -> CheckpointLayout:
     """A checkpoint of the store as a merge input (headers read by ranged reads)."""
-    files = weight_files(manifest)
-    main = layout.MODEL_FILE if files == [layout.MODEL_FILE] else layout.MODEL_INDEX_FILE
+    main, files = weight_files(manifest)
     store.verify(manifest, full=False, names=files)  # one listing: catches truncation
     return open_checkpoint(
         _uri(store, manifest.path(main)),

@@ -11,13 +11,12 @@ import os
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from anneal import jobs, pipeline, runner
+from anneal import jobs, pipeline, resolve, runner
 from anneal.locks import FileJobLock
 from merger.engine import execute_merge
 from tests.api.fixtures import M, make_run
@@ -75,14 +74,19 @@ class InProcess:
         )
 
 
-def new_job(store: Store, *, evaluate: bool = False, window: str = "40M", **kw: Any) -> jobs.JobRecord:
-    spec = pipeline.resolve(
+def spec_for(
+    store: Store, curve: str = "1-sqrt", *, window: str = "40M", floor: float = 0.0, evaluate: bool = False
+) -> jobs.JobSpec:
+    return resolve.resolve(
         store,
-        curve=pipeline.curve_spec("1-sqrt", alpha=None, floor=0.0),
-        window=window,
+        curve=resolve.curve_spec(curve, alpha=None, floor=floor),
+        request=resolve.window_request(window, None, None, None),
         evaluate=evaluate,
-        **kw,
     )
+
+
+def new_job(store: Store, *, evaluate: bool = False, window: str = "40M") -> jobs.JobRecord:
+    spec = spec_for(store, window=window, evaluate=evaluate)
     record = jobs.JobRecord(job_id=spec.job_id(), spec=spec)
     jobs.save(store, record)
     return record
@@ -90,11 +94,11 @@ def new_job(store: Store, *, evaluate: bool = False, window: str = "40M", **kw: 
 
 def expected_weights(store: Store, spec: jobs.JobSpec) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
-    for ck in spec.selection["checkpoints"]:
-        path = store.local_path(f"runs/{spec.run}/checkpoints/{ck['tokens']:018d}/model.safetensors")
+    for ck in spec.selection.sources:
+        path = store.local_path(f"runs/{spec.run}/checkpoints/{ck.tokens:018d}/model.safetensors")
         for k, v in load_file(str(path)).items():
             if v.dtype == np.float32:
-                out[k] = out.get(k, 0) + np.float64(ck["c"]) * v.astype(np.float64)
+                out[k] = out.get(k, 0) + np.float64(ck.c) * v.astype(np.float64)
             else:
                 out[k] = v
     return out
@@ -102,20 +106,14 @@ def expected_weights(store: Store, spec: jobs.JobSpec) -> dict[str, np.ndarray]:
 
 def test_same_request_same_job_and_eval_flag_changes_it(store: Store) -> None:
     a = new_job(store).spec
-    b = pipeline.resolve(
-        store, curve=pipeline.curve_spec("minus_sqrt", alpha=None, floor=0.0), window="40M", evaluate=False
-    )
-    c = pipeline.resolve(
-        store, curve=pipeline.curve_spec("1-sqrt", alpha=None, floor=0.0), window="40M", evaluate=True
-    )
-    d = pipeline.resolve(
-        store, curve=pipeline.curve_spec("1-sqrt", alpha=None, floor=0.1), window="40M", evaluate=False
-    )
+    b = spec_for(store, "minus_sqrt")
+    c = spec_for(store, evaluate=True)
+    d = spec_for(store, floor=0.1)
     assert a.job_id() == b.job_id()  # alias of the same curve
     assert a.job_id() != c.job_id() and a.model_name == c.model_name  # eval flag: other job, same model
     assert a.job_id() != d.job_id() and a.model_name != d.model_name
-    assert [x["tokens"] for x in a.selection["checkpoints"]] == [70 * M, 80 * M, 90 * M, 100 * M]
-    assert all(len(x["sha256"]) == 64 for x in a.selection["checkpoints"])
+    assert a.selection.tokens == [70 * M, 80 * M, 90 * M, 100 * M]
+    assert all(len(x.sha256) == 64 for x in a.selection.sources)
 
 
 def test_single_worker_merge_publishes_and_finishes(store: Store, settings: Settings) -> None:
@@ -159,7 +157,7 @@ def test_split_merge_is_bit_identical_to_one_worker(store: Store, settings: Sett
     model = store.get_model("r1", record.spec.model_name)
     assert model.is_sharded and len(model.weight_files) == 3
     # The same (resharded) plan executed by one process gives the same bytes.
-    plan = pipeline.build_plan(store, record.spec, pipeline.check_sources(store, record.spec))
+    plan = pipeline.build_plan(store, record.spec)
     single = tmp_path / "single"
     execute_merge(plan.split(3)[0].plan, single)
     for name in model.weight_files:

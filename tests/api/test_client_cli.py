@@ -37,7 +37,7 @@ def test_wsm_anneal_wait(
     code = main(["anneal", "--curve", "1-sqrt", "--window", "40M", "--no-eval", "--wait", "--poll", "0.01"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "curve 1-sqrt, window 40000000" in out and "model r1:anneal-1-sqrt-40M-at-100M-" in out
+    assert "curve 1-sqrt, window 40000000" in out and "model r1:anneal-1-sqrt-w40M-at-100M-n4-" in out
 
 
 def test_wsm_anneal_reports_api_errors(

@@ -64,7 +64,7 @@ def test_finished_job_returns_at_once_with_model(
     r = client.post("/anneal", json={**BODY, "evaluate": False})
     assert r.status_code == 200 and r.json()["state"] == "done" and len(published(client, enqueuer)) == 1
     model_id = r.json()["model_id"]
-    assert model_id.startswith("r1:anneal-1-sqrt-40M-at-100M-")
+    assert model_id.startswith("r1:anneal-1-sqrt-w40M-at-100M-n4-")
     model = client.get(f"/models/{model_id}").json()
     assert model["kind"] == "anneal" and [s["tokens"] for s in model["sources"]] == [
         70 * M,

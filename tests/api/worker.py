@@ -6,7 +6,6 @@ children at once, as a machine failure would.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -41,7 +40,7 @@ def service_env(settings: Any, **extra: Any) -> dict[str, str]:
         "merge_split_bytes": settings.merge_split_bytes,
         "merge_parts": settings.merge_parts,
         "merge_throttle_s": settings.merge_throttle_s,
-        "eval_config": json.dumps(settings.eval_config) if settings.eval_config is not None else None,
+        "eval_config": settings.eval_config.model_dump_json(),
         **extra,
     }
     for k, v in fields.items():

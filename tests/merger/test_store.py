@@ -115,6 +115,8 @@ def test_local_store_merge_and_publish(local_store: Store) -> None:
     assert plan.selection is not None
     assert list(plan.weights) == pytest.approx([0.25] * 4)
     manifest, _ = publish_merge(local_store, plan)
-    assert manifest.name == plan.selection.model_name() and manifest.name.startswith("anneal-linear-w40B-at-40B-n4-")
+    assert manifest.name == plan.selection.model_name() and manifest.name.startswith(
+        "anneal-linear-w40B-at-40B-n4-"
+    )
     assert local_store.list_models("r1")[0].dtype == "bfloat16"
     local_store.verify(manifest)
