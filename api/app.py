@@ -19,7 +19,7 @@ from anneal.ports import Enqueuer
 from api import errors
 from api.limits import BodySizeLimit
 from api.listing import CachedListing
-from api.routes import anneal, health, models, runs
+from api.routes import anneal, curves, health, models, runs
 from wsm.settings import Settings, get_settings
 from wsm.store import Store, open_store
 
@@ -58,7 +58,7 @@ def create_app(
         retry_s=settings.api_broker_retry_s,
     )
     errors.install(app)
-    for module in (anneal, runs, models, health):
+    for module in (anneal, runs, models, curves, health):
         app.include_router(module.router)
     _mount_dashboard(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)

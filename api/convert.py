@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from anneal.jobs import AnnealSelection, JobRecord
 from api.schemas import (
     AnnealAccepted,
@@ -10,11 +12,13 @@ from api.schemas import (
     EvalOut,
     JobEvaluations,
     JobOut,
+    LRPoint,
     ModelOut,
     RunSummary,
     SelectionOut,
     SourceOut,
 )
+from theory import CurveSpec, lr_steps, target_points
 from wsm.store import CheckpointManifest, EvalManifest, ModelManifest, RunManifest, layout
 
 MODEL_ID_SEP = ":"
@@ -102,7 +106,34 @@ def checkpoint_out(m: CheckpointManifest) -> CheckpointOut:
     )
 
 
+def _curve_spec(curve: dict[str, Any] | None) -> CurveSpec | None:
+    if not curve or "name" not in curve:
+        return None
+    coefficients = curve.get("coefficients")
+    return CurveSpec(
+        name=str(curve["name"]),
+        alpha=curve.get("alpha"),
+        floor=float(curve.get("floor") or 0.0),
+        coefficients=tuple(coefficients) if coefficients is not None else None,
+    )
+
+
+def _curves(m: ModelManifest) -> tuple[list[LRPoint] | None, list[LRPoint] | None]:
+    """The merge's effective-LR steps and the target curve, computed by theory (never by clients)."""
+    if m.kind != "anneal" or m.window is None or not m.sources:
+        return None, None
+    src = sorted(m.sources, key=lambda s: s.tokens)
+    steps = lr_steps(m.window.start_tokens, [s.tokens for s in src], [s.w for s in src[1:]])
+    spec = _curve_spec(m.curve)
+    target = target_points(spec, m.window.start_tokens, m.window.end_tokens) if spec else None
+    return (
+        [LRPoint(x=x, y=y) for x, y in steps.points()],
+        [LRPoint(x=x, y=y) for x, y in target] if target is not None else None,
+    )
+
+
 def model_out(m: ModelManifest, weights_url: str) -> ModelOut:
+    steps, target = _curves(m)
     return ModelOut(
         id=model_id(m.run, m.name),
         run=m.run,
@@ -114,6 +145,8 @@ def model_out(m: ModelManifest, weights_url: str) -> ModelOut:
         window_start=m.window.start_tokens if m.window else None,
         window_end=m.window.end_tokens if m.window else None,
         sources=[SourceOut(tokens=s.tokens, sha256=s.sha256, c=s.c, w=s.w) for s in m.sources],
+        lr_steps=steps,
+        target_curve=target,
         files=[f.name for f in m.files],
         bytes=m.total_bytes,
         timings=m.timings,

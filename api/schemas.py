@@ -223,6 +223,33 @@ class SourceOut(BaseModel):
     w: float = Field(description="Decay coefficient w_j from the curve.")
 
 
+class LRPoint(BaseModel):
+    """One point of a curve: position (tokens, or x in [0, 1]) and LR relative to the peak."""
+
+    x: float = Field(description="Position: tokens, or the fraction x of the window for curve shapes.")
+    y: float = Field(description="LR relative to the constant peak.")
+
+
+class CurveOut(BaseModel):
+    """A decay curve of theory's registry."""
+
+    name: str = Field(description="Canonical name, as POST /anneal accepts it.")
+    aliases: list[str] = Field(description="Other names accepted for it.")
+    description: str = Field(description="What the curve is.")
+    parameters: list[str] = Field(
+        description="Request fields it takes: floor, alpha (ema), coefficients (custom)."
+    )
+    shape: list[LRPoint] | None = Field(
+        description="f(x) sampled on [0, 1]; null for curves defined per checkpoint (ema, custom)."
+    )
+
+
+class CurveList(BaseModel):
+    """The decay curves, in registry order."""
+
+    curves: list[CurveOut] = Field(description="Curves.")
+
+
 class ModelOut(BaseModel):
     """A published model (annealed or baseline) with its manifest."""
 
@@ -236,6 +263,12 @@ class ModelOut(BaseModel):
     window_start: int | None = Field(description="Start of the merged window in tokens (anneal).")
     window_end: int | None = Field(description="End of the merged window in tokens (anneal).")
     sources: list[SourceOut] = Field(description="Merged checkpoints with c and w (anneal).")
+    lr_steps: list[LRPoint] | None = Field(
+        description="The step-function LR (relative to peak, x in tokens) the merge is equivalent to (anneal)."
+    )
+    target_curve: list[LRPoint] | None = Field(
+        description="The continuous decay curve over the window that the steps approximate (position-based curves)."
+    )
     files: list[str] = Field(description="Data files of the model.")
     bytes: int = Field(description="Total size of its files.")
     timings: dict[str, float] = Field(description="Seconds per merge phase.")

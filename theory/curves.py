@@ -50,6 +50,44 @@ CURVE_FUNCTIONS: dict[str, CurveFunction] = {
 }
 ALIASES: dict[str, str] = {"minus_sqrt": "1-sqrt", "mean": "linear", "wso": "constant", "none": "constant"}
 CURVE_NAMES: tuple[str, ...] = (*CURVE_FUNCTIONS, "ema", "custom")
+CURVE_DESCRIPTIONS: dict[str, str] = {
+    "linear": "1 − x: merging is the uniform mean of the checkpoints",
+    "cosine": "½(1 + cos πx)",
+    "1-sqrt": "1 − √x: the WSM paper's best; megatron's minus_sqrt",
+    "exponential": "2·0.5^x − 1: megatron's WSD exponential style",
+    "constant": "1: the newest checkpoint alone, the WSO model",
+    "ema": "recursive EMA with weight alpha on the newest checkpoint; defined per checkpoint",
+    "custom": "your own decay coefficients w_1..w_k, non-increasing in [0, 1]",
+}
+"""One line per curve, for listings (``GET /curves``, ``wsm weights --help``)."""
+
+
+@dataclass(frozen=True)
+class CurveInfo:
+    """What a client needs to offer a curve: its name, aliases, parameters and shape."""
+
+    name: str
+    aliases: tuple[str, ...]
+    description: str
+    parameters: tuple[str, ...]
+    """Parameters it accepts besides ``floor``: ``alpha`` (ema), ``coefficients`` (custom)."""
+    samples: tuple[tuple[float, float], ...] | None
+    """(x, f(x)) on [0, 1] for position-based curves; None for ema and custom (per checkpoint)."""
+
+
+def curve_catalog(samples: int = 51) -> list[CurveInfo]:
+    """Every curve of the registry with its target shape sampled at ``samples`` points."""
+    x = np.linspace(0.0, 1.0, samples)
+    out = []
+    for name in CURVE_NAMES:
+        shape = None
+        if name in CURVE_FUNCTIONS:
+            y = CURVE_FUNCTIONS[name](x)
+            shape = tuple((float(a), float(b)) for a, b in zip(x, y, strict=True))
+        params = {"ema": ("alpha",), "custom": ("coefficients",)}.get(name, ())
+        aliases = tuple(sorted(a for a, target in ALIASES.items() if target == name))
+        out.append(CurveInfo(name, aliases, CURVE_DESCRIPTIONS[name], params, shape))
+    return out
 
 
 def canonical_curve_name(name: str) -> str:

@@ -7,11 +7,13 @@ LR, relative to the constant peak, is this step function over the window.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from theory.curves import CURVE_FUNCTIONS
+from theory.curves import CURVE_FUNCTIONS, CurveSpec
+from theory.errors import TheoryError
 from theory.selection import Selection
 
 
@@ -30,18 +32,31 @@ class LRCurve:
         return [*zip(self.tokens[:-1], self.factor, strict=True), (self.tokens[-1], self.factor[-1])]
 
 
+def lr_steps(window_start: int, tokens: Sequence[int], w: Sequence[float]) -> LRCurve:
+    """The step-function LR of a merge of checkpoints at ``tokens`` (oldest first) with decay
+    coefficients ``w`` (w_1..w_k, one per checkpoint after the oldest) over a window from ``window_start``."""
+    if len(w) != len(tokens) - 1:
+        raise TheoryError(f"{len(w)} decay coefficients for {len(tokens)} checkpoints; need one fewer")
+    return LRCurve(tokens=(window_start, *tokens), factor=(1.0, *(float(v) for v in w)))
+
+
 def effective_lr_curve(selection: Selection) -> LRCurve:
     """The step-function LR (relative to peak) over the window that ``selection`` reproduces."""
-    edges = (selection.window_start, *selection.tokens)
-    factors = (1.0, *(float(v) for v in selection.w))
-    return LRCurve(tokens=edges, factor=factors)
+    return lr_steps(selection.window_start, selection.tokens, [float(v) for v in selection.w])
+
+
+def target_points(
+    curve: CurveSpec, start: int, end: int, samples: int = 101
+) -> list[tuple[int, float]] | None:
+    """The continuous curve over [start, end] that a merge's steps approximate; None for ema and custom."""
+    if curve.name not in CURVE_FUNCTIONS:
+        return None
+    x = np.linspace(0.0, 1.0, samples)
+    values = curve.decay_at(x)
+    tokens = start + x * (end - start)
+    return [(round(float(t)), float(v)) for t, v in zip(tokens, values, strict=True)]
 
 
 def target_lr_curve(selection: Selection, samples: int = 101) -> list[tuple[int, float]] | None:
     """The continuous curve the steps approximate, sampled over [S, E]; None for ema and custom."""
-    if selection.curve.name not in CURVE_FUNCTIONS:
-        return None
-    x = np.linspace(0.0, 1.0, samples)
-    values = selection.curve.decay_at(x)
-    tokens = selection.window_start + x * selection.window
-    return [(round(float(t)), float(v)) for t, v in zip(tokens, values, strict=True)]
+    return target_points(selection.curve, selection.window_start, selection.window_end, samples)

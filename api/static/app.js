@@ -5,7 +5,7 @@ import * as charts from "./js/charts.js";
 import { $, code, fillSelect, h, setState } from "./js/dom.js";
 import { METRICS, formatMetric, formatNumber, formatTokens, metricValue } from "./js/format.js";
 import { initForm, showJobs } from "./js/jobs.js";
-import { buildPoints, effectiveLr, targetCurve } from "./js/variants.js";
+import { buildPoints } from "./js/variants.js";
 
 const REFRESH_MS = 15000;
 const state = { runs: [], run: null, data: null, points: [], point: null, variant: null };
@@ -155,7 +155,8 @@ function renderVariant(rows) {
   setState("variant", null);
   $("#variant-title").textContent = `Merge: ${row.short}`;
   charts.weightsChart(row.model);
-  charts.lrChart(effectiveLr(row.model), targetCurve(row.model));
+  // Both curves come from the API (theory computes them); the page does no curve math.
+  charts.lrChart(row.model.lr_steps || [], row.model.target_curve);
 }
 
 function renderCompare() {

@@ -1,6 +1,6 @@
 // The anneal request form and the live job list (polls GET /anneal/{id} until the job ends).
 import { api, enc, token } from "./api.js";
-import { $, h } from "./dom.js";
+import { $, fillSelect, h } from "./dom.js";
 import { formatTokens } from "./format.js";
 
 const POLL_MS = 1000;
@@ -108,9 +108,21 @@ function requestBody(form, run) {
   return body;
 }
 
+// The curve choices come from GET /curves (theory's registry): a new curve appears here by itself.
+async function loadCurves(select) {
+  try {
+    const { curves } = await api("curves");
+    const offered = curves.filter((c) => !c.parameters.includes("coefficients"));  // custom: API only
+    fillSelect(select, offered.map((c) => [c.name, `${c.name} (${c.description})`]), select.value || "1-sqrt");
+  } catch {
+    // Keep the built-in default option; the request itself will report a curve the API rejects.
+  }
+}
+
 export function initForm(getRun, onDone) {
   const form = $("#anneal-form");
   const curve = form.elements.curve;
+  loadCurves(curve);
   curve.addEventListener("change", () => { $("#alpha-field").hidden = curve.value !== "ema"; });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();

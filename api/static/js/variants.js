@@ -61,32 +61,3 @@ export function buildPoints(run, models, checkpoints, evals) {
   }
   return [...points.entries()].sort((a, b) => a[0] - b[0]).map(([tokens, rows]) => ({ tokens, rows }));
 }
-
-/** Step function the merge equals: factor 1 on [S, t_0], then w_j on [t_{j-1}, t_j]. */
-export function effectiveLr(model) {
-  const src = [...model.sources].sort((a, b) => a.tokens - b.tokens);
-  const points = [{ x: model.window_start, y: 1 }];
-  src.slice(1).forEach((s, j) => points.push({ x: src[j].tokens, y: s.w }));
-  points.push({ x: src[src.length - 1].tokens, y: src[src.length - 1].w });
-  return points;
-}
-
-// Continuous decay curves f(x), x in [0, 1], as in theory/curves.py (ema/custom: per checkpoint only).
-const CURVES = {
-  linear: (x) => 1 - x,
-  cosine: (x) => 0.5 * (1 + Math.cos(Math.PI * x)),
-  "1-sqrt": (x) => 1 - Math.sqrt(x),
-  exponential: (x) => 2 * 0.5 ** x - 1,
-  constant: () => 1,
-};
-
-export function targetCurve(model, samples = 60) {
-  const f = model.curve && CURVES[model.curve.name];
-  if (!f) return null;
-  const floor = model.curve.floor || 0;
-  const { window_start: s, window_end: e } = model;
-  return Array.from({ length: samples + 1 }, (_, i) => {
-    const x = i / samples;
-    return { x: s + x * (e - s), y: floor + (1 - floor) * f(x) };
-  });
-}
