@@ -19,8 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from merger.provenance import AnnealSelection as AnnealSelection
 from wsm.eval_config import EvalConfig
-from wsm.store import ArtifactNotFoundError, EvalManifest, Store, layout
-from wsm.store.backend import rm_quiet
+from wsm.store import ArtifactNotFoundError, EvalManifest, Store
 
 log = logging.getLogger(__name__)
 
@@ -168,19 +167,15 @@ class JobRecord(BaseModel):
         return max(t for t in (self.heartbeat_at, self.enqueued_at) if t is not None)
 
 
-def job_path(run: str, job_id: str) -> str:
-    return layout.job_path(run, job_id)
-
-
 def save(store: Store, record: JobRecord) -> None:
     """Write the record atomically (whole-file replace)."""
     record.updated_at = utcnow()
-    store.write_bytes(job_path(record.run, record.job_id), record.model_dump_json(indent=2).encode())
+    store.save_job(record.run, record.job_id, record)
 
 
 def load(store: Store, run: str, job_id: str) -> JobRecord:
     """The record of ``job_id``; ``ArtifactNotFoundError`` if there is none."""
-    return JobRecord.model_validate_json(store.read_bytes(job_path(run, job_id)))
+    return store.load_job(run, job_id, JobRecord)
 
 
 def find(store: Store, run: str, job_id: str) -> JobRecord | None:
@@ -192,21 +187,8 @@ def find(store: Store, run: str, job_id: str) -> JobRecord | None:
 
 def list_jobs(store: Store, run: str) -> list[JobRecord]:
     """Every readable job record of ``run``, newest first (unreadable ones are logged and skipped)."""
-    base = store.full_path(layout.jobs_dir(run))
-    try:
-        names = [str(p).rsplit("/", 1)[-1] for p in store.fs.ls(base, detail=False)]
-    except FileNotFoundError:
-        return []
-    records = []
-    for name in names:
-        if not name.endswith(".json") or name.startswith("."):
-            continue
-        try:
-            records.append(load(store, run, name[: -len(".json")]))
-        except (ArtifactNotFoundError, ValueError) as e:
-            log.warning("skipping job record %s/%s: %s", base, name, e)
-    return sorted(records, key=lambda r: r.created_at, reverse=True)
+    return sorted(store.list_jobs(run, JobRecord), key=lambda r: r.created_at, reverse=True)
 
 
 def delete(store: Store, run: str, job_id: str) -> None:
-    rm_quiet(store.fs, store.full_path(job_path(run, job_id)))
+    store.delete_job(run, job_id)

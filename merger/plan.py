@@ -18,7 +18,7 @@ from typing import Any
 from merger.errors import MergeError, MismatchError, WeightError
 from merger.formats import CheckpointLayout, TensorEntry, open_checkpoint
 from merger.formats.dtypes import CODE_TO_NAME, DTYPE_NAMES, DTYPES
-from merger.formats.safetensors import file_size
+from merger.formats.safetensors import SINGLE_NAME, file_size
 from merger.provenance import AnnealSelection
 
 WEIGHT_TOLERANCE = 1e-6
@@ -81,7 +81,7 @@ class MergePlan:
     @property
     def sharded(self) -> bool:
         """Whether the output is HF shards plus an index (else one ``model.safetensors``)."""
-        return len(self.shards) > 1 or self.shards[0].filename != "model.safetensors"
+        return len(self.shards) > 1 or self.shards[0].filename != SINGLE_NAME
 
     @property
     def bytes_to_read(self) -> int:
@@ -199,7 +199,7 @@ def _balanced_groups(sizes: Sequence[int], n: int) -> list[list[int]]:
 
 def _shards_from_groups(groups: list[list[str]]) -> tuple[ShardPlan, ...]:
     if len(groups) == 1:
-        return (ShardPlan("model.safetensors", tuple(groups[0])),)
+        return (ShardPlan(SINGLE_NAME, tuple(groups[0])),)
     n = len(groups)
     return tuple(
         ShardPlan(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(g)) for i, g in enumerate(groups)

@@ -21,7 +21,7 @@ from trainer.loop import Trainer, TrainResult
 from trainer.runinfo import TOKENIZER_FILE, tokenizer_store_path
 from trainer.schedule import decay_branch_schedule, resolve_schedule
 from trainer.units import format_tokens, parse_tokens, tokens_to_steps
-from wsm.store import ArtifactNotFoundError, ModelManifest, Store, open_store
+from wsm.store import ArtifactNotFoundError, ModelManifest, Store, layout, open_store
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def decay_branch(
     end_tokens = trainer.step * tps
     model_name = name or branch_name(curve, fork_tokens, end_tokens - fork_tokens)
     with tempfile.TemporaryDirectory(prefix="wsm-branch-") as tmp:
-        weights = Path(tmp) / "model.safetensors"
+        weights = Path(tmp) / layout.MODEL_FILE
         save_file(snap.weights, str(weights), metadata={"format": "pt"})
         tok = Path(tmp) / TOKENIZER_FILE
         tok.write_bytes(store.read_bytes(tokenizer_store_path(run)))
@@ -131,7 +131,7 @@ def decay_branch(
                 "val_loss": val,
             },
         ) as pub:
-            pub.put_file("model.safetensors", weights)
+            pub.put_file(layout.MODEL_FILE, weights)
             pub.put_file(TOKENIZER_FILE, tok)
     log.info(
         "published baseline %s/%s (%s tokens, val loss %s)", run, model_name, format_tokens(end_tokens), val

@@ -32,11 +32,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainer.weights import full_state_dict, load_full_state_dict, named_parameters
-from wsm.store import ArtifactExistsError, CheckpointManifest, Store
+from wsm.store import ArtifactExistsError, CheckpointManifest, Store, layout
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = layout.MODEL_FILE
 OPTIM_FILE = "train_state.safetensors"
 STATE_FILE = "train_state.json"
 MEGATRON_OPTIM_FILE = "train_state.pt"

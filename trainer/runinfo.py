@@ -15,11 +15,11 @@ from typing import Any
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data import PreparedData
 from trainer.schedule import ScheduleSpec
-from wsm.store import ArtifactNotFoundError, RunManifest, Store
+from wsm.store import ArtifactNotFoundError, RunManifest, Store, layout
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = layout.TOKENIZER_FILE
 
 
 def tokenizer_store_path(run: str) -> str:

@@ -14,6 +14,7 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
 MODEL_INDEX_FILE = "model.safetensors.index.json"
 TRAIN_STATE_FILE = "train_state.pt"
+TOKENIZER_FILE = "tokenizer.json"
 
 RUNS = "runs"
 CHECKPOINTS = "checkpoints"

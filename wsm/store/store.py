@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from wsm.store import backend, layout, maintenance
 from wsm.store.errors import ArtifactExistsError, ArtifactNotFoundError, ManifestError
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 METRICS_READ_BATCH = 16
 
 M = TypeVar("M", bound=Manifest)
+R = TypeVar("R", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,41 @@ class Store(FileStore):
     def _segments(self, run: str) -> list[int]:
         seqs = (layout.parse_segment_name(n) for n in self._list_children(layout.metrics_dir(run)))
         return sorted(s for s in seqs if s is not None)
+
+    # -- jobs: records owned by the anneal use case, stored as a collection like pins -------
+    def save_job(self, run: str, job_id: str, record: BaseModel) -> None:
+        """Write a job record atomically (whole-file replace) as ``runs/<run>/jobs/<job_id>.json``."""
+        self.write_bytes(
+            layout.job_path(run, validate_name(job_id, "job id")), record.model_dump_json(indent=2).encode()
+        )
+
+    def load_job(self, run: str, job_id: str, model: type[R]) -> R:
+        """The record of ``job_id`` parsed as ``model``; ``ArtifactNotFoundError`` if there is none."""
+        path = layout.job_path(run, validate_name(job_id, "job id"))
+        data = self.read_bytes(path)
+        try:
+            return model.model_validate_json(data)
+        except ValueError as e:
+            raise ManifestError(path, f"not a valid job record ({e})") from None
+
+    def list_jobs(self, run: str, model: type[R]) -> list[R]:
+        """Every readable job record of ``run`` (one listing, one batched read); unreadable ones are logged."""
+        base = layout.jobs_dir(run)
+        names = [n for n in self._list_children(base) if n.endswith(".json")]
+        blobs = self.fs.cat([self.full_path(f"{base}/{n}") for n in names], on_error="omit") if names else {}
+        out = []
+        for n in names:
+            data = blobs.get(self.full_path(f"{base}/{n}"))
+            if not isinstance(data, bytes):
+                continue  # deleted since the listing
+            try:
+                out.append(model.model_validate_json(data))
+            except ValueError as e:
+                log.warning("skipping job record %s/%s: %s", base, n, e)
+        return out
+
+    def delete_job(self, run: str, job_id: str) -> None:
+        backend.rm_quiet(self.fs, self.full_path(layout.job_path(run, validate_name(job_id, "job id"))))
 
     # -- pins, retention, maintenance ------------------------------------------------------
     def pin(
