@@ -18,10 +18,8 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.config import OptimConfig
 from trainer.engine import token_loss
