@@ -8,8 +8,10 @@ and ``window`` = [S, S+W] in tokens. Run R itself is not touched: no checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,12 @@ from typing import Any
 from safetensors.torch import save_file
 
 from trainer.config import TrainConfig
+from trainer.load import get_run
 from trainer.loop import Trainer, TrainResult
 from trainer.runinfo import TOKENIZER_FILE, tokenizer_store_path
 from trainer.schedule import decay_branch_schedule, resolve_schedule
 from trainer.units import format_tokens, parse_tokens, tokens_to_steps
-from wsm.store import ArtifactNotFoundError, ModelManifest, Store, layout, open_store
+from wsm.store import ArtifactExistsError, ArtifactNotFoundError, ModelManifest, Store, layout, open_store
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ class BranchResult:
 
 def run_config(store: Store, run: str) -> TrainConfig:
     """The TrainConfig a stored run was started with."""
-    manifest = store.get_run(run)
+    manifest = get_run(store, run)
     stored = manifest.schedule.get("config")
     if not isinstance(stored, dict):
         raise ValueError(f"run {run!r} has no trainer config in its manifest (not written by wsm train?)")
@@ -45,6 +48,22 @@ def run_config(store: Store, run: str) -> TrainConfig:
 
 def branch_name(curve: str, fork_tokens: int, window_tokens: int) -> str:
     return f"baseline-{curve}-{format_tokens(fork_tokens)}-{format_tokens(window_tokens)}".replace(" ", "")
+
+
+def _taken(run: str, name: str) -> ValueError:
+    return ValueError(
+        f"run {run!r} already has a model named {name!r}: pass --overwrite to replace it, "
+        "or --name to choose another name"
+    )
+
+
+@contextlib.contextmanager
+def _named_collision(run: str, name: str) -> Iterator[None]:
+    """The store's collision error as the command's flags (another branch may have published first)."""
+    try:
+        yield
+    except ArtifactExistsError:
+        raise _taken(run, name) from None
 
 
 def decay_branch(
@@ -73,6 +92,11 @@ def decay_branch(
         raise ValueError(f"run {run!r} has no checkpoint at {fork_tokens} tokens (have: {have})") from None
     fork_step = fork_tokens // tps
     window_steps = tokens_to_steps(parse_tokens(window, name="--window"), tps)
+    if not overwrite:
+        # Refuse before training rather than after: the window's steps would be lost.
+        expected = name or branch_name(curve, fork_tokens, (fork_step + window_steps) * tps - fork_tokens)
+        if any(m.name == expected for m in store.list_models(run)):
+            raise _taken(run, expected)
     spec = decay_branch_schedule(
         resolve_schedule(cfg),
         fork_step=fork_step,
@@ -109,28 +133,31 @@ def decay_branch(
         tok = Path(tmp) / TOKENIZER_FILE
         tok.write_bytes(store.read_bytes(tokenizer_store_path(run)))
         dtype = str(next(iter(snap.weights.values())).dtype).replace("torch.", "")
-        with store.publish_model(
-            run,
-            model_name,
-            kind="baseline",
-            tokens=end_tokens,
-            dtype=dtype,
-            overwrite=overwrite,
-            branch_tokens=fork_tokens,
-            window={"start_tokens": fork_tokens, "end_tokens": end_tokens},
-            curve={"name": curve, "min_lr_factor": min_lr_factor},
-            config={
-                "schedule": spec.to_json(),
-                "fork_step": fork_step,
-                "window_steps": window_steps,
-                "tokens_per_step": tps,
-            },
-            extra={
-                "lrs": result.lrs,
-                "final_loss": result.losses[-1] if result.losses else None,
-                "val_loss": val,
-            },
-        ) as pub:
+        with (
+            _named_collision(run, model_name),
+            store.publish_model(
+                run,
+                model_name,
+                kind="baseline",
+                tokens=end_tokens,
+                dtype=dtype,
+                overwrite=overwrite,
+                branch_tokens=fork_tokens,
+                window={"start_tokens": fork_tokens, "end_tokens": end_tokens},
+                curve={"name": curve, "min_lr_factor": min_lr_factor},
+                config={
+                    "schedule": spec.to_json(),
+                    "fork_step": fork_step,
+                    "window_steps": window_steps,
+                    "tokens_per_step": tps,
+                },
+                extra={
+                    "lrs": result.lrs,
+                    "final_loss": result.losses[-1] if result.losses else None,
+                    "val_loss": val,
+                },
+            ) as pub,
+        ):
             pub.put_file(layout.MODEL_FILE, weights)
             pub.put_file(TOKENIZER_FILE, tok)
     log.info(

@@ -1,7 +1,8 @@
 """The chat template SFT trains under, as plain text, plus the Jinja form a HF tokenizer carries.
 
-The run's BPE tokenizer has only ``<|endoftext|>`` and ``<|pad|>`` as special tokens, so the role
-markers are ordinary text that tokenises like any other::
+The role markers are special tokens of the run's BPE tokenizer (:data:`trainer.tokenizer.ROLE_TOKENS`,
+one id each) and so of the exported HF tokenizer, which lets decoders skip them; a tokenizer
+without them (runs from before they were added, outside tokenizers) spells them as text::
 
     <|system|>\\n{system}\\n<|user|>\\n{question}\\n<|assistant|>\\n{answer}<|endoftext|>\\n<|user|>\\n...
 
@@ -9,8 +10,8 @@ Each assistant answer ends with the end-of-text token, which is what greedy deco
 Rendering returns *segments* (text, trained-on) instead of one string: each segment is tokenised
 on its own and the ids are concatenated, so the loss mask is exact at token level and a prompt for
 generation tokenises exactly as it did in training. Every segment boundary is right after a
-newline, where the byte-level pre-tokeniser splits anyway, so this equals tokenising the joined
-text in practice (the Jinja template below renders the same string).
+newline or a special token, where the tokenizer splits anyway, so this equals tokenising the
+joined text in practice (the Jinja template below renders the same string).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 ROLES = ("system", "user", "assistant")
+# "<|role|>" is trainer.tokenizer.ROLE_TOKENS; the newline after it is ordinary text.
 MARKERS = {role: f"<|{role}|>\n" for role in ROLES}
 
 # Jinja for transformers' ``apply_chat_template``; renders exactly :func:`render_text`.

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from trainer.presets import preset
+from trainer.textsplit import TextSplit
 from trainer.units import parse_tokens
 from wsm.settings import Settings
 
@@ -100,14 +101,26 @@ class DataConfig(_Section):
     """Corpus, tokenizer and sampling."""
 
     paths: list[str] = Field(default_factory=lambda: ["builtin:stdlib"])
-    """Text sources: files, directories or globs of .jsonl/.json (``text`` field), .txt/.md/.py, .parquet;
-    ``builtin:stdlib`` is the Python standard library's source and docstrings (no download)."""
+    """Text sources: files, directories or globs of .jsonl/.json (``text`` field), .txt/.md/.py (cut into
+    documents, see text_split), .parquet; ``builtin:stdlib`` is the Python standard library's source and
+    docstrings (no download)."""
 
     builtin_max_bytes: int | None = Field(default=None, ge=1)
     """Use only the first this many bytes of the built-in corpus (deterministic order); None = all."""
 
     text_field: str = "text"
     """Field holding the document text in jsonl/parquet inputs."""
+
+    text_split: TextSplit = "blank_lines"
+    """How a plain-text file (.txt/.md/.rst/.py/.text) becomes documents: blank_lines (cut at blank
+    lines, consecutive paragraphs packed into documents of up to text_doc_chars), separator (cut at
+    every text_separator), chars (pieces of text_doc_chars, ending at a line break), none (one per file)."""
+
+    text_separator: str | None = None
+    """The marker between documents for text_split=separator, e.g. '<|endoftext|>' or '\\n---\\n'."""
+
+    text_doc_chars: int = Field(default=4000, ge=100)
+    """Largest document, in characters, that blank_lines and chars make from a plain-text file."""
 
     tokenizer: str | None = None
     """Path to a Hugging Face ``tokenizer.json`` to use; None trains a byte-level BPE on the corpus."""
@@ -123,6 +136,12 @@ class DataConfig(_Section):
 
     cache_dir: str = Field(default_factory=lambda: Settings().cache_dir)
     """Where tokenizers and indexed datasets are cached, keyed by content hash (env WSM_CACHE_DIR)."""
+
+    @model_validator(mode="after")
+    def _check_split(self) -> DataConfig:
+        if self.text_split == "separator" and not self.text_separator:
+            raise ValueError("data.text_split=separator needs data.text_separator (e.g. '<|endoftext|>')")
+        return self
 
 
 class OptimConfig(_Section):

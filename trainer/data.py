@@ -1,9 +1,9 @@
 """Text -> tokenizer -> megatron indexed dataset (.bin/.idx) -> ``GPTDataset`` samples, cached by content.
 
-Preparation reads every document once (jsonl/json ``text`` field, plain text files, parquet when
-pyarrow is importable, or the built-in stdlib corpus), hashes the text, and keys the cache
-directory by that hash and the tokenizer choice; a complete cache entry has ``meta.json``
-(written last), so a killed build is simply redone. Documents are written in a fixed pseudo-random
+Preparation reads every document once (jsonl/json ``text`` field, plain text files cut into
+documents by :mod:`trainer.textsplit`, parquet when pyarrow is importable, or the built-in stdlib
+corpus), hashes the text, and keys the cache directory by that hash and the tokenizer choice; a
+complete cache entry has ``meta.json`` (written last), so a killed build is simply redone. Documents are written in a fixed pseudo-random
 order so megatron's by-document validation split is a random sample, not the alphabetically last files.
 
 Sampling: sample ``i`` of the run is ``train[i]``; optimizer step ``s`` consumes samples
@@ -30,7 +30,8 @@ import torch
 
 from trainer.config import DataConfig
 from trainer.corpus import BUILTIN_PREFIX, iter_builtin
-from trainer.tokenizer import MegatronTokenizerAdapter, eod_id, load_tokenizer, train_bpe
+from trainer.textsplit import split_text
+from trainer.tokenizer import ROLE_TOKENS, MegatronTokenizerAdapter, eod_id, load_tokenizer, train_bpe
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ def _expand(path: str) -> list[Path]:
     return matches
 
 
-def _iter_file(path: Path, text_field: str) -> Iterator[str]:
+def _iter_file(path: Path, cfg: DataConfig) -> Iterator[str]:
+    text_field = cfg.text_field
     if path.suffix in _JSON_SUFFIXES:
         with path.open(encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -98,8 +100,9 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
             yield from (t for t in batch.column(0).to_pylist() if isinstance(t, str) and t)
     else:
         text = path.read_text(encoding="utf-8", errors="replace")
-        if text.strip():
-            yield text
+        yield from split_text(
+            text, cfg.text_split, separator=cfg.text_separator, max_chars=cfg.text_doc_chars
+        )
 
 
 def iter_documents(cfg: DataConfig) -> Iterator[str]:
@@ -109,7 +112,7 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
             yield from iter_builtin(source[len(BUILTIN_PREFIX) :], cfg.builtin_max_bytes)
             continue
         for path in _expand(source):
-            yield from _iter_file(path, cfg.text_field)
+            yield from _iter_file(path, cfg)
 
 
 def _fingerprint(cfg: DataConfig) -> tuple[str, list[str]]:
@@ -126,7 +129,8 @@ def _fingerprint(cfg: DataConfig) -> tuple[str, list[str]]:
     if cfg.tokenizer:
         digest.update(hashlib.sha256(Path(cfg.tokenizer).expanduser().read_bytes()).digest())
     else:
-        digest.update(f"bpe:{cfg.vocab_size}".encode())
+        # The trained BPE's special tokens are part of the choice (it gained the role markers).
+        digest.update(f"bpe:{cfg.vocab_size}:{','.join(ROLE_TOKENS)}".encode())
     return digest.hexdigest()[:24], docs
 
 
@@ -236,12 +240,9 @@ def build_datasets(
     valid_n = valid_samples if valid_fraction > 0 and valid_samples > 0 else 0
     n_docs = prepared.num_documents
     # megatron splits by document at round(fraction × N) and would loop forever on an empty split.
-    valid_docs = n_docs - round((1.0 - valid_fraction) * n_docs)
+    valid_docs = _held_out(valid_fraction, n_docs)
     if valid_n and valid_docs < 1:
-        raise ValueError(
-            f"data.valid_fraction={valid_fraction} holds out no document of {n_docs}; raise it or set "
-            "data.valid_samples=0"
-        )
+        raise ValueError(no_validation_document(valid_fraction, n_docs))
     if n_docs - valid_docs < 1:
         raise ValueError(f"the corpus has {n_docs} document(s): nothing left for training")
     train, valid, _ = BlendedMegatronDatasetBuilder(
@@ -250,6 +251,28 @@ def build_datasets(
     if train is None:
         raise ValueError("the corpus is too small to build a training set")
     return Datasets(train=train, valid=valid if valid_n else None, train_samples=len(train))
+
+
+def _held_out(fraction: float, n_docs: int) -> int:
+    # megatron's split: the first round((1 - fraction) × N) documents train, the rest validate.
+    return n_docs - round((1.0 - fraction) * n_docs)
+
+
+def no_validation_document(valid_fraction: float, n_docs: int) -> str:
+    """Why no document is held out, and settings that would hold one out (or skip validation)."""
+    fixes = []
+    workable = next(
+        (f for f in (k / 1000 for k in range(5, 500, 5)) if 1 <= _held_out(f, n_docs) < n_docs), None
+    )
+    if workable is not None:
+        fixes.append(f"set data.valid_fraction={workable:g} or more")
+    fixes += [
+        "split plain-text files into more documents (a smaller data.text_doc_chars, or "
+        "data.text_split=separator with data.text_separator)",
+        "add data files",
+        "train without validation (data.valid_samples=0)",
+    ]
+    return f"data.valid_fraction={valid_fraction} holds out no document of {n_docs}: " + "; or ".join(fixes)
 
 
 def epoch_samples(prepared: PreparedData, seq_length: int, valid_fraction: float) -> int:

@@ -26,7 +26,7 @@ MODEL_HELP = (
 
 def parse_model_spec(store: Any, spec: str) -> tuple[str, str]:
     """``(run, store-relative model dir)`` of a MODEL argument (see the module docstring)."""
-    from trainer.load import split_model_dir
+    from trainer.load import available, get_run, split_model_dir
     from trainer.units import parse_tokens
     from wsm.store import checkpoint_name, layout
 
@@ -36,9 +36,10 @@ def parse_model_spec(store: Any, spec: str) -> tuple[str, str]:
         return run, spec
     run, _, rest = spec.partition("/")
     if rest in ("", "latest"):
+        get_run(store, run)  # an unknown run is named as such, with the runs there are
         latest = store.latest_checkpoint(run)
         if latest is None:
-            raise ValueError(f"run {run!r} has no checkpoints")
+            raise ValueError(f"run {run!r} has no checkpoints yet ({available(store, run)})")
         return run, latest.dir
     if "/" in rest:
         raise ValueError(f"cannot read MODEL {spec!r}; expected {MODEL_HELP}")
@@ -58,6 +59,8 @@ def load_eval_config(path: str | None, overrides: list[str], suite: str | None) 
 
     tree: dict[str, Any] = {}
     if path:
+        if not Path(path).is_file():
+            raise ValueError(f"evaluation config {path}: no such file")
         loaded = yaml.safe_load(Path(path).read_text())
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: an evaluation config must be a mapping")
@@ -99,6 +102,9 @@ def _run(args: argparse.Namespace) -> int:
         print(format_metrics(manifest.metrics))
         if manifest.extra.get("skipped"):
             print("skipped: " + json.dumps(manifest.extra["skipped"]))
+        suite = manifest.extra.get("suite") or {}
+        if suite.get("dropped"):
+            print("dropped SFT records: " + json.dumps(suite["dropped"]))
     return 0
 
 

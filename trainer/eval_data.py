@@ -22,7 +22,7 @@ from trainer.data import build_datasets, prepare_data
 from trainer.engine import token_loss
 from trainer.generate import task_accuracy
 from trainer.load import StoredModel
-from trainer.sft_data import Batch, Example, encode_all
+from trainer.sft_data import Batch, Encoded, Example, encode_all
 from trainer.sft_suite import TaskItem, load_suite
 from trainer.tokenizer import eod_id, pad_id
 from wsm.eval_config import SharpnessConfig
@@ -50,6 +50,10 @@ class Prepared:
     tasks: list[TaskItem]
     pretrain_valid: list[dict[str, torch.Tensor]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    context: int | None = None
+    """The model's sequence length: generation never goes beyond it."""
+    report: dict[str, Any] = field(default_factory=dict)
+    """What the suite lost on the way (records dropped by reason, records and prompts cut), for the record."""
 
     @torch.no_grad()
     def pretrain_loss(self, model: torch.nn.Module, device: torch.device, batch_size: int) -> float:
@@ -85,8 +89,9 @@ class Prepared:
     def score(
         self, model: torch.nn.Module, device: torch.device, cfg: EvalConfig
     ) -> tuple[dict[str, float], list[str]]:
-        """Greedy exact-match accuracy on the held-out task items."""
-        return task_accuracy(
+        """Greedy accuracy on the held-out task items (whole answers or extracted ones, per ``cfg``)."""
+        counts: dict[str, int] = {}
+        out = task_accuracy(
             model,
             self.tok,
             self.tasks,
@@ -97,7 +102,14 @@ class Prepared:
             device=device,
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.eval_batch_size,
+            context=self.context,
+            extractor=cfg.answer_extractor,
+            pattern=cfg.answer_regex,
+            report=counts,
         )
+        if counts.get("prompts_cut"):
+            self.report["task_prompts_cut"] = counts["prompts_cut"]
+        return out
 
 
 def pack(examples: list[Example], length: int, count: int) -> list[dict[str, torch.Tensor]]:
@@ -134,6 +146,8 @@ def _data_config(sm: StoredModel) -> DataConfig:
             "builtin_max_bytes": sm.run.data.get("builtin_max_bytes"),
             "valid_fraction": sm.run.data.get("valid_fraction", 0.02),
         }
+    # Runs recorded before text files were split into documents read each file as one document.
+    stored.setdefault("text_split", "none")
     # The trainer's cache dir is a path on its machine; this machine uses its own.
     stored.pop("cache_dir", None)
     stored["tokenizer"] = str(sm.tokenizer_path)
@@ -161,6 +175,18 @@ def pretrain_valid(sm: StoredModel, samples: int | None) -> list[dict[str, torch
     return [{k: ds[i][k] for k in _KEYS} for i in range(min(n, len(ds)))]  # type: ignore[index, arg-type]
 
 
+def suite_report(loaded: dict[str, int], train: Encoded, valid: Encoded) -> dict[str, Any]:
+    """Records dropped (by reason: on loading, and per split on tokenising) and records cut to the context."""
+    dropped: dict[str, int] = dict(loaded)
+    for split, enc in (("train", train), ("valid", valid)):
+        for reason, n in enc.dropped.items():
+            dropped[f"{split}: {reason}"] = n
+    out: dict[str, Any] = {"dropped": dropped, "dropped_total": sum(dropped.values())}
+    if train.truncated or valid.truncated:
+        out["cut_to_context"] = {"train": train.truncated, "valid": valid.truncated}
+    return out
+
+
 def prepare_eval_data(sm: StoredModel, config: EvalConfig) -> Prepared:
     """Tokenise the suite with the run's tokenizer and load the held-out pre-training split."""
     tok = sm.tokenizer()
@@ -169,7 +195,15 @@ def prepare_eval_data(sm: StoredModel, config: EvalConfig) -> Prepared:
     if eos is None:
         raise ValueError(f"the run's tokenizer has no token for its end-of-document id {eod}")
     pad = pad_id(tok)
-    max_len = config.sft.max_seq_length or sm.model_cfg.seq_length
+    context = sm.model_cfg.seq_length
+    max_len = config.sft.max_seq_length or context
+    if max_len > context:
+        log.warning(
+            "sft.max_seq_length=%d is longer than the model's context of %d tokens: positions beyond it "
+            "were never trained",
+            max_len,
+            context,
+        )
     suite = load_suite(
         config.suite,
         config.suite_seed,
@@ -177,6 +211,7 @@ def prepare_eval_data(sm: StoredModel, config: EvalConfig) -> Prepared:
         valid_per_task=config.builtin_valid_per_task,
         doc_items=config.builtin_doc_items,
     )
+    train, valid = encode_all(tok, suite.train, eos, max_len), encode_all(tok, suite.valid, eos, max_len)
     data = Prepared(
         tok=tok,
         eos=eos,
@@ -184,9 +219,11 @@ def prepare_eval_data(sm: StoredModel, config: EvalConfig) -> Prepared:
         pad_id=eod if pad is None else pad,
         vocab_size=tok.get_vocab_size(with_added_tokens=True),
         suite_name=suite.name,
-        sft_train=encode_all(tok, suite.train, eos, max_len),
-        sft_valid=encode_all(tok, suite.valid, eos, max_len),
+        sft_train=train.examples,
+        sft_valid=valid.examples,
         tasks=suite.tasks,
+        context=context,
+        report=suite_report(suite.dropped, train, valid),
     )
     if config.pretrain_loss or "pretrain" in config.sharpness_on:
         try:

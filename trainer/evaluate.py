@@ -11,7 +11,9 @@ One evaluation measures, in this order, on the *same* starting weights:
    ``sft_val_loss`` and greedy ``task_accuracy`` (macro mean; ``task_accuracy/<task>`` per task).
 
 The result is an :class:`~wsm.store.EvalManifest` named ``eval-<hash>``, the hash covering the model
-dir, the sha256 of its weights and the config: asking again returns the stored record.
+dir, the sha256 of its weights, the config and the sha256 of a suite's files: asking again returns
+the stored record. ``extra["suite"]`` says what the suite lost on the way: records dropped, by
+reason, and records or task prompts cut to the model's context.
 Everything is seeded and torch runs with deterministic algorithms, so recomputing gives the same numbers
 on the same machine type.
 """
@@ -33,6 +35,7 @@ import torch
 from trainer.eval_data import Prepared, prepare_eval_data
 from trainer.load import StoredModel, build_stored_model, load_weights, resolve
 from trainer.sft import fine_tune, sft_loss
+from trainer.sft_suite import suite_sha256
 from trainer.sharpness import model_sharpness
 from trainer.weights import load_full_state_dict, named_parameters
 from wsm.eval_config import EvalConfig
@@ -46,13 +49,20 @@ Progress = Callable[[str, float], None]
 
 
 def eval_name(sm: StoredModel, config: EvalConfig) -> str:
-    """``eval-<16 hex>`` from the model dir, its weights' sha256 and the config."""
-    key = {
+    """``eval-<16 hex>`` from the model dir, its weights' sha256, the config and a path suite's content.
+
+    The suite enters by the sha256 of its files, not only by its path: editing a suite file and
+    evaluating again computes a new result instead of returning the old one.
+    """
+    key: dict[str, Any] = {
         "v": EVAL_VERSION,
         "model": sm.model_dir,
         "weights": sm.weight_sha256,
         "config": config.model_dump(mode="json"),
     }
+    suite_hash = suite_sha256(config.suite)
+    if suite_hash is not None:
+        key["suite_sha256"] = suite_hash
     return "eval-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -237,9 +247,11 @@ def compute(
         skipped=data.skipped,
         suite={
             "name": data.suite_name,
+            "sha256": suite_sha256(config.suite),
             "train": len(data.sft_train),
             "valid": len(data.sft_valid),
             "tasks": len(data.tasks),
+            **data.report,
         },
         device=str(device),
         torch=torch.__version__,

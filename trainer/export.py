@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from trainer.chat import CHAT_TEMPLATE
 from trainer.config import ModelConfig
 from trainer.load import StoredModel, load_weights, resolve
-from trainer.tokenizer import eod_id, hf_tokenizer, pad_id
+from trainer.tokenizer import ROLE_TOKENS, eod_id, hf_tokenizer, pad_id, role_tokens
 from wsm.store import Store
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,13 @@ def export_hf(
     sm = resolve(store, run, model_dir, cache_dir)
     final = Path(out_dir).expanduser()
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise ValueError(f"{final} exists and is not an empty directory")
+        raise ValueError(f"{final} exists and is not an empty directory; choose another output directory")
     final.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed into place at the end: a failed export leaves nothing.
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         _write_hf_dir(store, sm, out, dtype)
+        _share(out)
         if final.exists():
             final.rmdir()
         out.rename(final)
@@ -120,6 +121,14 @@ def export_hf(
         shutil.rmtree(out, ignore_errors=True)
         raise
     return final
+
+
+def _share(directory: Path) -> None:
+    """Ordinary permissions (0755 directories, 0644 files): mkdtemp makes the staging dir 0700, and an
+    export is meant to be read by other users and tools (serving, evaluation harnesses)."""
+    directory.chmod(0o755)
+    for path in directory.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _write_hf_dir(store: Store, sm: StoredModel, out: Path, dtype: str) -> None:
@@ -139,6 +148,13 @@ def _write_hf_dir(store: Store, sm: StoredModel, out: Path, dtype: str) -> None:
         json.dumps({"bos_token_id": eos, "eos_token_id": eos, "do_sample": False})
     )
     hf_tok = hf_tokenizer(sm.tokenizer_path)
+    if len(role_tokens(tok)) < len(ROLE_TOKENS):
+        log.warning(
+            "the tokenizer of run %s has no special tokens for %s (a run from before they were added, or "
+            "an outside tokenizer): the exported chat template spells them as text",
+            sm.run.run,
+            ", ".join(t for t in ROLE_TOKENS if t not in role_tokens(tok)),
+        )
     hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.model_max_length = sm.model_cfg.seq_length
     hf_tok.save_pretrained(str(out))

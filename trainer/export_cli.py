@@ -1,8 +1,9 @@
 """``wsm export MODEL --hf OUT/``: a stored checkpoint or model as a Hugging Face Llama directory.
 
 OUT gets ``config.json``, ``model.safetensors``, ``generation_config.json`` and the run's tokenizer
-(``tokenizer.json``, ``tokenizer_config.json`` with the SFT chat template), loadable by
-``transformers.AutoModelForCausalLM`` and hence by lm-evaluation-harness and vLLM.
+(``tokenizer.json``, ``tokenizer_config.json`` with the SFT chat template, whose role markers are
+special tokens), loadable by ``transformers.AutoModelForCausalLM`` and hence by lm-evaluation-harness
+and vLLM. Files are 0644 and directories 0755, like any other model download.
 """
 
 from __future__ import annotations

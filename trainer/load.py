@@ -23,8 +23,9 @@ from trainer.distributed import init_distributed
 from trainer.model import build_model
 from trainer.runinfo import run_model_config, tokenizer_store_path
 from trainer.tokenizer import load_tokenizer
+from trainer.units import format_tokens
 from trainer.weights import load_full_state_dict
-from wsm.store import CheckpointManifest, ModelManifest, RunManifest, Store, layout
+from wsm.store import ArtifactNotFoundError, CheckpointManifest, ModelManifest, RunManifest, Store, layout
 
 
 @dataclass
@@ -68,19 +69,66 @@ def split_model_dir(model_dir: str) -> tuple[str, str, str]:
     return parts
 
 
+class ModelNotFoundError(ArtifactNotFoundError, ValueError):
+    """A run, checkpoint or model that is not in the store; the one-line message names what is.
+
+    Still an :class:`ArtifactNotFoundError` for callers that catch store errors, and a ``ValueError``
+    so that ``wsm`` prints it as a usage error instead of a traceback.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(path)
+        self.args = (message,)
+
+
+def _listing(names: list[str], limit: int = 8) -> str:
+    if not names:
+        return "none"
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:2])}, …, {', '.join(names[-(limit - 3) :])} ({len(names)} in all)"
+
+
+def available(store: Store, run: str) -> str:
+    """What ``run`` holds, for error messages: ``checkpoints: 200k, 400k; models: a, b``."""
+    checkpoints = [format_tokens(c.tokens) for c in store.list_checkpoints(run)]
+    models = [m.name for m in store.list_models(run)]
+    return f"checkpoints: {_listing(checkpoints)}; models: {_listing(models)}"
+
+
+def get_run(store: Store, run: str) -> RunManifest:
+    """The run's manifest; :class:`ModelNotFoundError` naming the store's runs if there is none."""
+    try:
+        return store.get_run(run)
+    except ArtifactNotFoundError:
+        runs = [r.run for r in store.list_runs()]
+        raise ModelNotFoundError(
+            layout.run_dir(run), f"no run {run!r} in the store (runs: {_listing(runs)})"
+        ) from None
+
+
 def resolve(store: Store, run: str, model_dir: str, cache_dir: str | None = None) -> StoredModel:
-    """Read the manifests of ``model_dir`` (which must belong to ``run``) and fetch the run's tokenizer."""
+    """Read the manifests of ``model_dir`` (which must belong to ``run``) and fetch the run's tokenizer.
+
+    A missing run, checkpoint or model raises :class:`ModelNotFoundError` naming what the store has.
+    """
     dir_run, kind, name = split_model_dir(model_dir)
     if dir_run != run:
         raise ValueError(f"{model_dir!r} is not in run {run!r}")
+    run_manifest = get_run(store, run)
     manifest: CheckpointManifest | ModelManifest
-    if kind == "checkpoints":
-        if not name.isdigit():
-            raise ValueError(f"{model_dir!r}: a checkpoint directory is named by its token count")
-        manifest = store.get_checkpoint(run, int(name))
-    else:
-        manifest = store.get_model(run, name)
-    run_manifest = store.get_run(run)
+    try:
+        if kind == "checkpoints":
+            if not name.isdigit():
+                raise ValueError(f"{model_dir!r}: a checkpoint directory is named by its token count")
+            manifest = store.get_checkpoint(run, int(name))
+        else:
+            manifest = store.get_model(run, name)
+    except ArtifactNotFoundError:
+        what = (
+            f"checkpoint at {format_tokens(int(name))} tokens" if kind == "checkpoints" else f"model {name!r}"
+        )
+        raise ModelNotFoundError(model_dir, f"run {run!r} has no {what} ({available(store, run)})") from None
     model_cfg, padded = run_model_config(run_manifest)
     return StoredModel(
         run_manifest,
@@ -154,9 +202,10 @@ def load_run_model(
     The default is the newest checkpoint.
     """
     if tokens is None and model is None:
+        get_run(store, run)
         latest = store.latest_checkpoint(run)
         if latest is None:
-            raise ValueError(f"run {run!r} has no checkpoints")
+            raise ValueError(f"run {run!r} has no checkpoints yet")
         tokens = latest.tokens
     if model is not None:
         directory = layout.model_dir(run, model)

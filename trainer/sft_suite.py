@@ -12,16 +12,18 @@ deduplicated and held-out prompts never occur in training, so accuracy is measur
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import random
 import string
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.chat import Message
-from trainer.sft_data import Conversation, SFTDataError, load_records
+from trainer.sft_data import Conversation, SFTDataError, read_records
 
 # Modules whose public callables become "What does X do?" questions; widely documented, stable.
 DOC_MODULES = (
@@ -64,6 +66,8 @@ class Suite:
     train: list[Conversation]
     valid: list[Conversation]
     tasks: list[TaskItem] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Records of the suite's files that were left out, by reason (see :func:`read_records`)."""
 
 
 def _word(rng: random.Random, lo: int, hi: int) -> str:
@@ -222,6 +226,38 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def suite_files(path: str | Path) -> list[Path]:
+    """The files a path suite reads: ``train`` and ``valid`` of a directory, or the one file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        train_file, valid_file = _find(p, "train"), _find(p, "valid")
+        if train_file is None or valid_file is None:
+            raise SFTDataError(f"{p}: a suite directory needs train.jsonl and valid.jsonl (or .json)")
+        return [train_file, valid_file]
+    if not p.is_file():
+        raise SFTDataError(f"{p}: SFT suite not found (expected builtin, a .json/.jsonl file or a directory)")
+    return [p]
+
+
+def suite_sha256(spec: str) -> str | None:
+    """sha256 over the bytes of a path suite's files (None for ``builtin``): an edited suite is a new suite."""
+    if spec == "builtin":
+        return None
+    digest = hashlib.sha256()
+    for f in suite_files(spec):
+        data = f.read_bytes()
+        digest.update(f"{f.name}:{len(data)}:".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _merge(*counts: dict[str, int]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update(c)
+    return dict(total)
+
+
 def path_suite(path: str | Path, seed: int = 0, valid_fraction: float = 0.1) -> Suite:
     """A suite from files: a directory with ``train.jsonl`` and ``valid.jsonl`` (``.json`` too), or one
     file split by a seeded shuffle into train and held-out (the WSO paper's 9:1 by default).
@@ -229,13 +265,14 @@ def path_suite(path: str | Path, seed: int = 0, valid_fraction: float = 0.1) -> 
     Held-out single-turn records double as exact-match task items named after the suite.
     """
     p = Path(path).expanduser()
-    if p.is_dir():
-        train_file, valid_file = _find(p, "train"), _find(p, "valid")
-        if train_file is None or valid_file is None:
-            raise SFTDataError(f"{p}: a suite directory needs train.jsonl and valid.jsonl (or .json)")
-        train, valid = load_records(train_file), load_records(valid_file)
+    files = suite_files(p)
+    if len(files) == 2:
+        train_recs, valid_recs = read_records(files[0]), read_records(files[1])
+        train, valid = train_recs.conversations, valid_recs.conversations
+        dropped = _merge(train_recs.dropped, valid_recs.dropped)
     else:
-        records = load_records(p)
+        loaded = read_records(p)
+        records, dropped = loaded.conversations, loaded.dropped
         order = list(range(len(records)))
         random.Random(seed).shuffle(order)
         n_valid = max(1, round(len(records) * valid_fraction))
@@ -243,7 +280,7 @@ def path_suite(path: str | Path, seed: int = 0, valid_fraction: float = 0.1) -> 
             raise SFTDataError(f"{p}: {len(records)} records are too few to hold some out")
         valid = [records[i] for i in sorted(order[:n_valid])]
         train = [records[i] for i in sorted(order[n_valid:])]
-    return Suite(p.stem, train, valid, _task_items(valid, p.stem))
+    return Suite(p.stem, train, valid, _task_items(valid, p.stem), dropped)
 
 
 def load_suite(

@@ -16,12 +16,16 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 EOD_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+# The chat template's role markers (trainer.chat): single special tokens, so a conversation's
+# structure is never spelled by ordinary text and decoders can skip it.
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 # End-of-document tokens of common tokenizers, in order of preference.
 _EOD_CANDIDATES = (EOD_TOKEN, "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
 
 
 def train_bpe(documents: Iterable[str], vocab_size: int) -> Tokenizer:
-    """A byte-level BPE (GPT-2 style pre-tokenisation) with ``<|endoftext|>`` and ``<|pad|>`` specials."""
+    """A byte-level BPE (GPT-2 style pre-tokenisation) with ``<|endoftext|>``, ``<|pad|>`` and the chat
+    role markers as special tokens (ids 0-4, inside ``vocab_size``)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -29,7 +33,7 @@ def train_bpe(documents: Iterable[str], vocab_size: int) -> Tokenizer:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=[EOD_TOKEN, PAD_TOKEN],
+        special_tokens=[EOD_TOKEN, PAD_TOKEN, *ROLE_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -76,13 +80,25 @@ class MegatronTokenizerAdapter:
         self.unique_identifiers: dict[str, Any] = {"class": "wsm-bpe", "fingerprint": fingerprint}
 
 
+def role_tokens(tok: Tokenizer) -> list[str]:
+    """The role markers that are single special tokens of ``tok`` (all of them for runs trained by wsm
+    since they were added; none for older or outside tokenizers, which spell them as text)."""
+    specials = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    return [t for t in ROLE_TOKENS if t in specials]
+
+
 def hf_tokenizer(path: str | Path) -> Any:
-    """A ``transformers.PreTrainedTokenizerFast`` of a stored ``tokenizer.json`` (for SFT, eval, export)."""
+    """A ``transformers.PreTrainedTokenizerFast`` of a stored ``tokenizer.json`` (for SFT, eval, export);
+    the role markers it has are registered as additional special tokens."""
     from transformers import PreTrainedTokenizerFast
 
     tok = load_tokenizer(path)
     eod = tok.id_to_token(eod_id(tok))
     pad = PAD_TOKEN if pad_id(tok) is not None else eod
     return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=tok, eos_token=eod, bos_token=eod, pad_token=pad
+        tokenizer_object=tok,
+        eos_token=eod,
+        bos_token=eod,
+        pad_token=pad,
+        additional_special_tokens=role_tokens(tok),
     )

@@ -7,9 +7,10 @@ start-up, and job specs carry it, without importing the trainer. The trainer's e
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SFTConfig(BaseModel):
@@ -134,6 +135,15 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(32, ge=1)
     """Greedy decoding budget per task answer."""
 
+    answer_extractor: Literal["whole", "gsm8k", "regex"] = "whole"
+    """What task accuracy compares in the output and the reference: whole (the whole answer, with the
+    built-in suite's per-task rules), gsm8k (the number after GSM8K's '####', else the last number),
+    regex (the first match of answer_regex, its first group if it has one)."""
+
+    answer_regex: str | None = None
+    """The pattern of answer_extractor=regex, e.g. 'The answer is (\\S+)'; a reference it does not match is
+    compared whole."""
+
     eval_batch_size: int = Field(32, ge=1)
     """Sequences per forward pass for losses and generation."""
 
@@ -142,6 +152,19 @@ class EvalConfig(BaseModel):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to evaluate; auto picks CUDA when available."""
+
+    @model_validator(mode="after")
+    def _check_extractor(self) -> EvalConfig:
+        if (self.answer_extractor == "regex") != (self.answer_regex is not None):
+            raise ValueError("answer_regex goes with answer_extractor=regex, and regex needs answer_regex")
+        if self.answer_regex is not None:
+            try:
+                re.compile(self.answer_regex)
+            except re.error as exc:
+                raise ValueError(
+                    f"answer_regex {self.answer_regex!r} is not a regular expression: {exc}"
+                ) from None
+        return self
 
     def seeds(self) -> list[int]:
         """Every seed the result depends on (recorded in the manifest)."""

@@ -113,3 +113,36 @@ def test_failed_export_leaves_nothing_and_a_full_target_is_refused(
     with pytest.raises(ValueError, match="exists and is not an empty directory"):
         export.export_hf(tiny_run.store, tiny_run.run, tiny_run.trained, tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_export_has_ordinary_permissions(tiny_run: TinyRun, tmp_path: Path) -> None:
+    import stat
+
+    from trainer.export import export_hf
+
+    out = export_hf(tiny_run.store, tiny_run.run, tiny_run.trained, tmp_path / "hf")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
+
+
+def test_role_markers_are_special_tokens_of_the_export(tiny_run: TinyRun, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from trainer.export import export_hf
+    from trainer.sft_data import encode
+    from trainer.tokenizer import ROLE_TOKENS
+
+    out = export_hf(tiny_run.store, tiny_run.run, tiny_run.trained, tmp_path / "hf")
+    tok = AutoTokenizer.from_pretrained(str(out))
+    vocab = json.loads((out / "config.json").read_text())["vocab_size"]
+    for marker in ROLE_TOKENS:
+        assert marker in tok.all_special_tokens
+        [marker_id] = tok.encode(marker, add_special_tokens=False)
+        assert marker_id < vocab and marker_id in tok.all_special_ids
+    msgs = [Message("system", "Be brief."), Message("user", "What is 2 + 2?"), Message("assistant", "4")]
+    ids = tok.apply_chat_template([m.__dict__ for m in msgs], tokenize=True, return_dict=False)
+    # The template's markers are the very ids SFT trained on, and decoders can drop them.
+    assert list(ids) == list(
+        encode(resolve(tiny_run.store, tiny_run.run, tiny_run.trained).tokenizer(), msgs, tok.eos_token).ids
+    )
+    assert "<|user|>" not in tok.decode(ids, skip_special_tokens=True)

@@ -88,7 +88,7 @@ def test_truncation_drops_records_without_answer_tokens(tok: Tokenizer) -> None:
 
     long = Conversation((Message("user", "word " * 200), Message("assistant", "ok")))
     short = Conversation((Message("user", "hi"), Message("assistant", "ok")))
-    out = encode_all(tok, [long, short], EOS, max_length=32)
+    out = encode_all(tok, [long, short], EOS, max_length=32).examples
     assert len(out) == 1 and len(out[0].ids) <= 33
 
 
@@ -100,7 +100,7 @@ def test_truncation_drops_records_without_answer_tokens(tok: Tokenizer) -> None:
         (['{"messages": [{"role": "user", "content": "q"}]}'], 1, "no assistant"),
         (['{"messages": [{"role": "robot", "content": "q"}]}'], 1, "role"),
         (['{"instruction": "a", "output": 3}'], 1, "string"),
-        (['{"text": "plain"}'], 1, "neither"),
+        (['{"text": "plain"}'], 1, "not a known SFT record"),
         (["[1, 2]"], 1, "JSON object"),
     ],
 )
