@@ -469,3 +469,11 @@ def test_not_a_dcp_directory(tmp_path: Path) -> None:
         open_dcp(str(tmp_path))
     with pytest.raises(MergeError, match="no such directory"):
         open_dcp(str(tmp_path / "missing"))
+
+
+def test_non_contiguous_record(tmp_path: Path) -> None:
+    """DCP's writer keeps a transposed view's strides when its storage is exactly its size."""
+    from torch.distributed.checkpoint.state_dict_saver import save
+
+    save({"w": torch.randn(4, 3).t(), "b": torch.randn(2)}, checkpoint_id=str(tmp_path), no_dist=True)
+    _one_line_error(tmp_path, r"__0_0\.distcp: record 'w' at \d+: tensor is not C-contiguous")
