@@ -45,12 +45,14 @@ import torch
 from merger.errors import CorruptFileError, MergeError
 from merger.formats.base import ByteItem, CheckpointLayout, FileInfo, TensorChunk, TensorEntry
 from merger.formats.dtypes import TORCH_TO_CODE
+from merger.formats.sources import FsspecSource, LocalSource, exists, get_fs, is_remote, join_uri, local_path
 from merger.formats.torch_record import Opaque, load_object_record, locate_tensor
-from merger.inputs import get_fs, is_remote, join_uri, local_path
-from merger.safetensors_io import FsspecSource, LocalSource
 
 log = logging.getLogger(__name__)
 
+FORMAT = "dcp"
+PRIORITY = 10
+"""Detection order among formats (merger/formats/__init__.py): after safetensors."""
 METADATA_NAME = ".metadata"
 COMMON_NAME = "common.pt"
 CONFIG_NAME = "metadata.json"
@@ -210,6 +212,25 @@ class _Dir:
         if size > MAX_SMALL_FILE:
             raise CorruptFileError(f"{self.file_uri(name)}: {size} bytes is too large for this file")
         return self.source(name).read_header_bytes(0, size)
+
+
+def detect(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``uri`` is a DCP checkpoint directory (it holds a ``.metadata``)."""
+    return exists(join_uri(uri, METADATA_NAME), storage_options)
+
+
+def open_checkpoint(
+    uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    sha256: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> CheckpointLayout:
+    """The format seam's entry point: :func:`open_dcp` with model state only."""
+    layout = open_dcp(uri, storage_options)
+    layout.sha256 = sha256
+    layout.extra = dict(extra or {})
+    return layout
 
 
 def open_dcp(

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from merger.errors import MergeError
 from merger.formats.base import CheckpointLayout
 from merger.formats.dcp import COMMON_NAME, METADATA_NAME
-from merger.inputs import get_fs, is_remote, join_uri, local_path
+from merger.formats.sources import get_fs, is_remote, join_uri, local_path
 
 MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
 

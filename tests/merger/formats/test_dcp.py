@@ -21,10 +21,9 @@ from merger.errors import CorruptFileError, MergeError
 from merger.formats.base import CheckpointLayout, TensorChunk, TensorEntry
 from merger.formats.dcp import key_kind, open_dcp
 from merger.formats.dcp_runs import discover, megatron_tokens
-from merger.formats.dtypes import DTYPES, TORCH_TO_CODE
+from merger.formats.dtypes import DTYPES, TORCH_TO_CODE, tensor_view
+from merger.formats.sources import get_fs, open_source
 from merger.formats.torch_record import TAIL_BYTES
-from merger.inputs import get_fs, open_source
-from merger.safetensors_io import tensor_view
 
 CKPTS = [(tp, it) for tp in ("megatron_tp1", "megatron_tp2") for it, _, _ in MEGATRON_ITERATIONS]
 
