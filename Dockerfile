@@ -16,6 +16,7 @@ COPY pyproject.toml README.md ./
 COPY theory ./theory
 COPY trainer ./trainer
 COPY merger ./merger
+COPY anneal ./anneal
 COPY api ./api
 COPY wsm ./wsm
 COPY configs ./configs

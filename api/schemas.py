@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from theory import ALIASES, CURVE_NAMES
+
 JobState = Literal["queued", "running", "done", "failed"]
 JobStage = Literal[
     "queued",
@@ -39,9 +41,9 @@ class AnnealRequest(BaseModel):
     curve: str | list[float] = Field(
         default="1-sqrt",
         description=(
-            "Decay curve: a name (linear, cosine, 1-sqrt, exponential, ema, constant; aliases minus_sqrt, "
-            "mean, wso, none) or the explicit non-increasing decay coefficients w_1..w_k of a custom curve "
-            "(k+1 checkpoints are then merged)."
+            f"Decay curve: a name ({', '.join(n for n in CURVE_NAMES if n != 'custom')}; aliases "
+            f"{', '.join(ALIASES)}; see GET /curves) or the explicit non-increasing decay coefficients "
+            "w_1..w_k of a custom curve (k+1 checkpoints are then merged)."
         ),
         examples=["1-sqrt", [0.75, 0.5, 0.25]],
         max_length=MAX_COEFFICIENTS,

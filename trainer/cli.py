@@ -13,6 +13,8 @@ import argparse
 import logging
 from typing import Any
 
+from trainer.config import MEGATRON_CURVES
+
 log = logging.getLogger(__name__)
 
 _EPILOG_HEAD = "config keys (YAML file and --set key=value):"
@@ -100,7 +102,7 @@ def register(subparsers: Any) -> None:
     branch.add_argument(
         "--curve",
         default="1-sqrt",
-        choices=["linear", "cosine", "1-sqrt", "exponential"],
+        choices=sorted(MEGATRON_CURVES),
         help="decay curve (default 1-sqrt)",
     )
     branch.add_argument(

@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from theory import canonical_curve_name
 from trainer.presets import preset
 from trainer.textsplit import TextSplit
 from trainer.units import parse_tokens
 from wsm.settings import Settings
 
-# A token count as written by people ('25B', '200k'); YAML turns bare numbers into ints.
-TokenSize = Annotated[
-    str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)
+# A token count as written by people ('25B', '200k', or a YAML integer) becomes an int here, once.
+TokenSize = Annotated[int, BeforeValidator(lambda v: parse_tokens(v, name="token count"))]
+TokenSizeOrZero = Annotated[
+    int, BeforeValidator(lambda v: parse_tokens(v, name="token count", allow_zero=True))
 ]
 
 
@@ -166,7 +168,24 @@ class OptimConfig(_Section):
     """Clip the global gradient norm to this (0 disables)."""
 
 
-Curve = Literal["linear", "cosine", "1-sqrt", "exponential"]
+MEGATRON_CURVES = {
+    "linear": "linear",
+    "cosine": "cosine",
+    "1-sqrt": "minus_sqrt",
+    "exponential": "exponential",
+}
+"""The curves of theory's registry that megatron's WSD schedule runs as a real decay, with megatron's names."""
+
+
+def _real_decay_curve(value: Any) -> str:
+    """A curve of theory's registry that megatron's WSD schedule can also run."""
+    name = canonical_curve_name(value)
+    if name not in MEGATRON_CURVES:
+        raise ValueError(f"a real decay runs one of {', '.join(MEGATRON_CURVES)}, not {name!r}")
+    return name
+
+
+Curve = Annotated[str, BeforeValidator(_real_decay_curve)]
 
 
 class ScheduleConfig(_Section):
@@ -176,8 +195,8 @@ class ScheduleConfig(_Section):
     """wso: warmup then constant; wsd: constant then a decay of ``decay`` tokens at the end of
     train_tokens; cosine / linear: decay from warmup to train_tokens."""
 
-    warmup: TokenSize = "50k"
-    """Linear warmup length in tokens (e.g. '2M'); '0' disables."""
+    warmup: TokenSizeOrZero = 50_000
+    """Linear warmup length in tokens (e.g. '2M'); 0 disables."""
 
     decay: TokenSize | None = None
     """WSD decay length in tokens (default: 20% of train_tokens)."""
@@ -188,16 +207,11 @@ class ScheduleConfig(_Section):
     min_lr_factor: float = Field(default=0.0, ge=0.0, le=1.0)
     """Decays end at min_lr_factor × lr."""
 
-    @field_validator("decay_curve", mode="before")
-    @classmethod
-    def _alias_curve(cls, v: Any) -> Any:
-        return {"minus_sqrt": "1-sqrt", "mean": "linear"}.get(v, v) if isinstance(v, str) else v
-
 
 class CheckpointConfig(_Section):
     """Checkpoints written to the store: the product's input."""
 
-    save_every: TokenSize = "200k"
+    save_every: TokenSize = 200_000
     """Write a checkpoint every this many tokens (e.g. '25B', '200k')."""
 
     save_on_exit: bool = True
@@ -289,11 +303,6 @@ class TrainConfig(_Section):
             raise ValueError(
                 f"micro_batch_size={self.micro_batch_size} must divide global_batch_size={self.global_batch_size}"
             )
-        parse_tokens(self.checkpoint.save_every, name="checkpoint.save_every")
-        if self.train_tokens is not None:
-            parse_tokens(self.train_tokens, name="train_tokens")
-        if self.schedule.warmup not in ("0", 0):
-            parse_tokens(self.schedule.warmup, name="schedule.warmup")
         if self.schedule.style != "wso" and self.train_tokens is None:
             raise ValueError(f"schedule.style={self.schedule.style} decays, so it needs train_tokens")
         return self

@@ -37,7 +37,7 @@ from trainer.model import build_model, count_parameters, padded_vocab_size
 from trainer.runinfo import describe_run, ensure_run
 from trainer.schedule import ScheduleSpec, build_scheduler, resolve_schedule
 from trainer.signals import StopFlag
-from trainer.units import format_tokens, parse_tokens, tokens_to_steps
+from trainer.units import format_tokens, tokens_to_steps
 from wsm.store import CheckpointManifest, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,10 @@ class Trainer:
         self.save_checkpoints = save_checkpoints
         self.spec = schedule or resolve_schedule(cfg)
         self.tokens_per_step = cfg.tokens_per_step
-        self.save_every_tokens = parse_tokens(cfg.checkpoint.save_every, name="save_every")
+        self.save_every_tokens = cfg.checkpoint.save_every
         self.stop_step = stop_step
         if stop_step is None and cfg.train_tokens is not None:
-            self.stop_step = tokens_to_steps(
-                parse_tokens(cfg.train_tokens, name="train_tokens"), self.tokens_per_step
-            )
+            self.stop_step = tokens_to_steps(cfg.train_tokens, self.tokens_per_step)
 
         self.prepared = prepare_on_main(cfg, self.info)
         datasets = build_datasets(

@@ -19,15 +19,9 @@ from typing import Any
 import torch
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from trainer.config import TrainConfig
-from trainer.units import parse_tokens, tokens_to_steps
+from trainer.config import MEGATRON_CURVES, TrainConfig
+from trainer.units import tokens_to_steps
 
-MEGATRON_CURVES = {
-    "linear": "linear",
-    "cosine": "cosine",
-    "1-sqrt": "minus_sqrt",
-    "exponential": "exponential",
-}
 # megatron asserts lr_decay_steps > warmup even for "constant"; a horizon no run reaches.
 _FOREVER = 2**62
 
@@ -52,19 +46,16 @@ def resolve_schedule(cfg: TrainConfig) -> ScheduleSpec:
     """Turn the token-based schedule config into steps."""
     tps = cfg.tokens_per_step
     s = cfg.schedule
-    warmup = (
-        0 if s.warmup in ("0", 0) else tokens_to_steps(parse_tokens(s.warmup, name="schedule.warmup"), tps)
-    )
+    warmup = tokens_to_steps(s.warmup, tps) if s.warmup else 0
     min_lr = cfg.optim.lr * s.min_lr_factor
     if s.style == "wso":
         return ScheduleSpec("wso", cfg.optim.lr, cfg.optim.lr, warmup)
     assert cfg.train_tokens is not None  # enforced by TrainConfig
-    total = tokens_to_steps(parse_tokens(cfg.train_tokens, name="train_tokens"), tps)
+    total = tokens_to_steps(cfg.train_tokens, tps)
     if total <= warmup:
         raise ValueError(f"train_tokens ({total} steps) must be longer than schedule.warmup ({warmup} steps)")
     if s.style == "wsd":
-        decay_tokens = parse_tokens(s.decay, name="schedule.decay") if s.decay else None
-        decay = tokens_to_steps(decay_tokens, tps) if decay_tokens else max(1, round(0.2 * total))
+        decay = tokens_to_steps(s.decay, tps) if s.decay else max(1, round(0.2 * total))
         if decay > total - warmup:
             raise ValueError(f"schedule.decay ({decay} steps) is longer than training after warmup")
         return ScheduleSpec("wsd", cfg.optim.lr, min_lr, warmup, total, decay, s.decay_curve)

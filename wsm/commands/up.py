@@ -79,11 +79,11 @@ def _healthy(url: str) -> bool:
 
 def example_window(args: argparse.Namespace) -> tuple[str, str]:
     """(save interval, a window of four checkpoints) of the trainer config ``wsm up`` runs."""
-    from theory import format_tokens, parse_tokens
+    from theory import format_tokens
     from trainer.config import load_config
 
     cfg = load_config(args.config or "demo", [f"run={args.run}", *args.set])
-    every = parse_tokens(cfg.checkpoint.save_every)
+    every = cfg.checkpoint.save_every
     return format_tokens(every), format_tokens(4 * every)
 
 

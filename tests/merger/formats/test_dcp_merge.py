@@ -26,7 +26,9 @@ def test_torchtitan_checkpoints_merge_like_the_reference(titan_root: Path, tmp_p
     weights = [0.3, 0.7]
     plan = plan_merge([a, b], weights)
     assert {ck.format for ck in plan.inputs} == {"dcp"}
-    assert not any(n.startswith(("optimizer", "lr_scheduler", "dataloader", "train_state")) for n in plan._by_name())
+    assert not any(
+        n.startswith(("optimizer", "lr_scheduler", "dataloader", "train_state")) for n in plan._by_name()
+    )
     execute_merge(plan, tmp_path / "out")
     merged = load_file(str(tmp_path / "out" / "model.safetensors"))
     shapes = {name: torch.empty(t.shape, dtype=merged[name].dtype) for name, t in merged.items()}
@@ -35,7 +37,9 @@ def test_torchtitan_checkpoints_merge_like_the_reference(titan_root: Path, tmp_p
         if got.is_floating_point():
             ref = (weights[0] * xa[name].double() + weights[1] * xb[name].double()).to(got.dtype)
             # float32 accumulation then one rounding: within one ulp of the float64 reference
-            torch.testing.assert_close(got, ref, rtol=2**-7 if got.dtype == torch.bfloat16 else 1e-6, atol=1e-6)
+            torch.testing.assert_close(
+                got, ref, rtol=2**-7 if got.dtype == torch.bfloat16 else 1e-6, atol=1e-6
+            )
         else:
             assert torch.equal(got, xa[name]), name  # non-float state is copied, never averaged
 
