@@ -2,6 +2,11 @@
 
 Routes only validate and enqueue; merging and evaluation happen in Celery workers (merger/).
 ``enqueuer`` and ``store`` can be injected (route tests pass a fake enqueuer).
+
+The factory refuses settings that would expose the API (api/exposure.py: placeholder token, no
+token beyond loopback), whoever builds it. In front of every route, outermost first: the header
+limit (431), the Host and loopback guard (400, 403), the body limit (413), and the redaction of
+server paths from error bodies (api/redact.py).
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 
 import wsm
-from api import errors
+from api import errors, openapi
 from api.enqueue import CeleryEnqueuer, Enqueuer
-from api.limits import BodySizeLimit
+from api.exposure import HostGuard, allowed_hosts, check_startup
+from api.limits import BodySizeLimit, HeaderSizeLimit
 from api.listing import CachedListing
 from api.publisher import Publisher
+from api.redact import RedactErrors, Redactor
 from api.routes import anneal, health, models, runs
 from wsm.settings import Settings, get_settings
 from wsm.store import Store, open_store
@@ -42,6 +49,7 @@ def create_app(
 ) -> FastAPI:
     """Build the API. ``enqueuer`` is an Enqueuer or a zero-argument factory of one (default: Celery)."""
     settings = settings or get_settings()
+    check_startup(settings)
     app = FastAPI(title="wsm", version=wsm.__version__, description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     app.state.store = store or open_store(settings=settings)
@@ -62,7 +70,13 @@ def create_app(
     for module in (anneal, runs, models, health):
         app.include_router(module.router)
     _mount_dashboard(app)
+    openapi.install(app, token_required=bool(settings.api_token))
+    app.state.redactor = Redactor.for_app(app.state.store, settings)
+    # add_middleware puts each one outside the previous: the last added sees a request first.
+    app.add_middleware(RedactErrors, redactor=app.state.redactor)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(HostGuard, allowed=allowed_hosts(settings), loopback_only=not settings.api_token)
+    app.add_middleware(HeaderSizeLimit, max_bytes=settings.api_max_header_bytes)
     return app
 
 
