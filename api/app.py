@@ -2,6 +2,11 @@
 
 Routes only validate and call the anneal use case (anneal/); merging and evaluation happen in workers.
 ``store`` can be injected; the ``enqueuer`` (the broker port) always is.
+
+The factory refuses settings that would expose the API (api/exposure.py: placeholder token, no
+token beyond loopback), whoever builds it. In front of every route, outermost first: the header
+limit (431), the Host and loopback guard (400, 403), the body limit (413), and the redaction of
+server paths from error bodies (api/redact.py).
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from fastapi import FastAPI
 import wsm
 from anneal.outbox import Publisher
 from anneal.ports import Enqueuer
-from api import errors
-from api.limits import BodySizeLimit
+from api import errors, openapi
+from api.exposure import HostGuard, allowed_hosts, check_startup
+from api.limits import BodySizeLimit, HeaderSizeLimit
 from api.listing import CachedListing
+from api.redact import RedactErrors, Redactor
 from api.routes import anneal, curves, health, models, runs
 from wsm.settings import Settings, get_settings
 from wsm.store import Store, open_store
@@ -44,6 +51,7 @@ def create_app(
     ``wsm serve`` passes the Celery adapter (wsm/commands/serve.py); tests pass fakes or it.
     """
     settings = settings or get_settings()
+    check_startup(settings)
     app = FastAPI(title="wsm", version=wsm.__version__, description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     app.state.store = store or open_store(settings=settings)
@@ -61,7 +69,13 @@ def create_app(
     for module in (anneal, runs, models, curves, health):
         app.include_router(module.router)
     _mount_dashboard(app)
+    openapi.install(app, token_required=bool(settings.api_token))
+    app.state.redactor = Redactor.for_app(app.state.store, settings)
+    # add_middleware puts each one outside the previous: the last added sees a request first.
+    app.add_middleware(RedactErrors, redactor=app.state.redactor)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(HostGuard, allowed=allowed_hosts(settings), loopback_only=not settings.api_token)
+    app.add_middleware(HeaderSizeLimit, max_bytes=settings.api_max_header_bytes)
     return app
 
 

@@ -1,10 +1,15 @@
-"""Store manifests and job records to API response models (api/schemas.py)."""
+"""Store manifests and job records to API response models (api/schemas.py).
+
+Text and trainer-defined fields of records (a job's error, a run's data paths, an evaluation's
+config) may name server paths; they are redacted here (api/redact.py) on their way out.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from anneal.jobs import AnnealSelection, JobRecord
+from api import redact
 from api.schemas import (
     AnnealAccepted,
     CheckpointOut,
@@ -14,6 +19,7 @@ from api.schemas import (
     JobOut,
     LRPoint,
     ModelOut,
+    RunDetail,
     RunSummary,
     SelectionOut,
     SourceOut,
@@ -42,7 +48,10 @@ def split_model_id(value: str) -> tuple[str, str]:
 def job_out(record: JobRecord, status_url: str, *, created: bool | None = None) -> JobOut:
     """The API view of a job record; with ``created``, the answer to ``POST /anneal``."""
     spec = record.spec
-    evals = {k: EvalOut.model_validate(v.model_dump()) for k, v in record.evals.items()}
+    redactor = redact.current()
+    evals = {
+        k: EvalOut.model_validate(redactor.json(v.model_dump(mode="json"))) for k, v in record.evals.items()
+    }
     extra = {} if created is None else {"created": created}
     return (JobOut if created is None else AnnealAccepted)(
         job_id=record.job_id,
@@ -50,8 +59,8 @@ def job_out(record: JobRecord, status_url: str, *, created: bool | None = None) 
         state=record.state,
         stage=record.stage,
         progress=round(record.progress, 2),
-        message=record.message,
-        error=record.error,
+        message=redactor.text(record.message),
+        error=redactor.text(record.error) if record.error is not None else None,
         evaluate=spec.evaluate,
         selection=selection_out(spec.selection),
         model_name=spec.model_name,
@@ -86,10 +95,28 @@ def selection_out(sel: AnnealSelection) -> SelectionOut:
 def run_summary(run: RunManifest, checkpoints: list[CheckpointManifest]) -> RunSummary:
     return RunSummary(
         run=run.run,
-        description=run.description,
+        description=redact.current().text(run.description),
         created_at=run.created_at,
         checkpoints=len(checkpoints),
         latest_tokens=checkpoints[-1].tokens if checkpoints else None,
+    )
+
+
+def run_detail(
+    run: RunManifest, checkpoints: list[CheckpointManifest], metrics: list[dict[str, Any]], truncated: bool
+) -> RunDetail:
+    """A run with its (trainer-defined, redacted) configuration and its newest metrics."""
+    redactor = redact.current()
+    return RunDetail(
+        **run_summary(run, checkpoints).model_dump(),
+        model=redactor.json(run.model),
+        tokenizer=redactor.json(run.tokenizer),
+        data=redactor.json(run.data),
+        schedule=redactor.json(run.schedule),
+        extra=redactor.json(run.extra),
+        latest_step=checkpoints[-1].step if checkpoints else None,
+        metrics=metrics,
+        metrics_truncated=truncated,
     )
 
 
@@ -102,7 +129,7 @@ def checkpoint_out(m: CheckpointManifest) -> CheckpointOut:
         created_at=m.created_at,
         bytes=m.total_bytes,
         sha256=m.file(layout.MODEL_FILE).sha256 if layout.MODEL_FILE in names else None,
-        extra=m.extra,
+        extra=redact.current().json(m.extra),
     )
 
 
@@ -141,7 +168,7 @@ def model_out(m: ModelManifest, weights_url: str) -> ModelOut:
         kind=m.kind,
         tokens=m.tokens,
         dtype=m.dtype,
-        curve=m.curve,
+        curve=redact.current().json(m.curve),
         window_start=m.window.start_tokens if m.window else None,
         window_end=m.window.end_tokens if m.window else None,
         sources=[SourceOut(tokens=s.tokens, sha256=s.sha256, c=s.c, w=s.w) for s in m.sources],
@@ -156,12 +183,13 @@ def model_out(m: ModelManifest, weights_url: str) -> ModelOut:
 
 
 def eval_out(m: EvalManifest) -> EvalOut:
+    redactor = redact.current()
     return EvalOut(
         name=m.name,
         run=m.run,
-        model_dir=m.model_id,
+        model_dir=redactor.text(m.model_id),
         metrics=m.metrics,
-        config=m.config,
+        config=redactor.json(m.config),
         seeds=m.seeds,
         duration_s=m.duration_s,
         created_at=m.created_at,

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from anneal.errors import NoCheckpointsError, RequestError, UnknownRunError
 from theory import TheoryError
@@ -53,6 +54,15 @@ def _validation_detail(exc: RequestValidationError) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path (a path can have one route per method)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(request.scope["path"]):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def install(app: FastAPI) -> None:
@@ -94,16 +104,21 @@ def install(app: FastAPI) -> None:
         return JSONResponse(_body("invalid_request", _validation_detail(exc)), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
             exc.status_code, "http_error"
         )
-        return JSONResponse(_body(error, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette's Allow names one route's methods, not the path's
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return JSONResponse(_body(error, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return JSONResponse(_body("internal_error", f"{type(exc).__name__}: {exc}"), status_code=500)
+        # Answered outside the path redaction (api/redact.py): the message stays in the log only.
+        detail = f"unexpected {type(exc).__name__}; the server log has the details"
+        return JSONResponse(_body("internal_error", detail), status_code=500)
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:

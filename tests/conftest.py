@@ -67,6 +67,8 @@ def make_settings(**fields: Any) -> Settings:
         "s3_secret_access_key": None,
         "retention_max_window_tokens": None,
         "retention_sparse_interval_tokens": None,
+        # Starlette's TestClient sends "Host: testserver"; the real defaults are tested on their own.
+        "api_allowed_hosts": ["testserver", "localhost", "127.0.0.1", "::1"],
     }
     base.update(fields)
     return Settings(_env_file=None, **base)  # type: ignore[call-arg]

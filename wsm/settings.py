@@ -7,9 +7,10 @@ the same thing everywhere. docker-compose and ``.env.example`` only set variable
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from wsm.eval_config import EvalConfig
 
@@ -88,10 +89,12 @@ class Settings(BaseSettings):
     defaults); validated when settings load, so a bad value stops the API at start-up."""
 
     api_token: str | None = None
-    """Bearer token required by mutating API endpoints; unset = no auth and ``wsm serve`` binds to loopback only."""
+    """Bearer token required by mutating API endpoints; unset = no auth and the API serves loopback only.
+    Placeholders such as ``.env.example``'s ``change-me-api-token`` are refused at start-up."""
 
     api_host: str = "127.0.0.1"
-    """Address ``wsm serve`` binds to (forced to 127.0.0.1 when no ``api_token`` is set)."""
+    """Address ``wsm serve`` binds to (forced to 127.0.0.1 when no ``api_token`` is set; the app refuses
+    to start on any other address without a token)."""
 
     api_port: int = 8000
     """Port of ``wsm serve``."""
@@ -102,8 +105,16 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     """Where ``wsm anneal`` finds the API."""
 
-    api_max_body_bytes: int = 64 * 1024
-    """Largest accepted request body; bigger ones get 413."""
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1)
+    """Largest accepted request body, chunked ones included; bigger ones get 413."""
+
+    api_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """Largest accepted request line plus headers, in bytes; bigger requests get 431."""
+
+    api_allowed_hosts: Annotated[list[str] | None, NoDecode] = None
+    """Comma-separated names the API answers to in the ``Host`` header (port ignored; ``.example.com``
+    also allows subdomains, ``*`` any); others get 400. Unset: localhost, 127.0.0.1, ::1 and
+    ``api_host`` (for a wildcard bind such as 0.0.0.0, this machine's host name and addresses too)."""
 
     api_listing_ttl_s: float = 2.0
     """POST /anneal resolves windows against run/checkpoint listings cached this long (workers re-check)."""
@@ -113,6 +124,15 @@ class Settings(BaseSettings):
 
     api_broker_retry_s: float = Field(default=1.0, ge=0)
     """While the broker is down: how often the API probes it again (POST /anneal answers 503 meanwhile)."""
+
+    @field_validator("api_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        # An environment variable is one comma-separated string; empty means unset (the default).
+        if isinstance(value, str):
+            names = [name.strip() for name in value.split(",") if name.strip()]
+            return names or None
+        return value
 
 
 @lru_cache(maxsize=1)

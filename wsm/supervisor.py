@@ -2,7 +2,8 @@
 
 Used by ``wsm up``. Each component is a child process in its own session, so a Ctrl-C in the
 terminal reaches only the supervisor, which then stops the children in order (the trainer first,
-so it can finish its in-flight checkpoint), escalating to SIGKILL after a grace period.
+so it can finish its in-flight checkpoint), escalating to SIGKILL after a grace period. Secrets
+given to it (the API token, the S3 secret key) are masked in every line it relays.
 """
 
 from __future__ import annotations
@@ -31,14 +32,21 @@ class Component:
     argv: Sequence[str]
     """Command line; usually ``[sys.executable, "-m", "wsm.cli", ...]``."""
 
-    env: Mapping[str, str] = field(default_factory=dict)
-    """Extra environment on top of the supervisor's."""
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Extra environment on top of the supervisor's (not in the repr: it may hold secrets)."""
 
     process: subprocess.Popen[str] | None = None
 
 
-def _pump(component: Component, stream: TextIO, out: TextIO, lock: threading.Lock) -> None:
+MASK = "***"
+
+
+def _pump(
+    component: Component, stream: TextIO, out: TextIO, lock: threading.Lock, secrets: Sequence[str]
+) -> None:
     for line in stream:
+        for secret in secrets:
+            line = line.replace(secret, MASK)
         with lock:
             out.write(f"[{component.name:<8}] {line.rstrip(chr(10))}\n")
             out.flush()
@@ -48,9 +56,16 @@ class Supervisor:
     """Starts components, relays their output, and stops them all together."""
 
     def __init__(
-        self, components: Sequence[Component], *, grace_seconds: float = 30.0, out: TextIO | None = None
+        self,
+        components: Sequence[Component],
+        *,
+        grace_seconds: float = 30.0,
+        out: TextIO | None = None,
+        secrets: Sequence[str | None] = (),
     ):
         self.components = list(components)
+        # Longest first, so a secret that contains another is masked whole.
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self.grace_seconds = grace_seconds
         self.out = out or sys.stdout
         self._lock = threading.Lock()
@@ -71,7 +86,9 @@ class Supervisor:
             )
             assert component.process.stdout is not None
             thread = threading.Thread(
-                target=_pump, args=(component, component.process.stdout, self.out, self._lock), daemon=True
+                target=_pump,
+                args=(component, component.process.stdout, self.out, self._lock, self.secrets),
+                daemon=True,
             )
             thread.start()
             self._threads.append(thread)

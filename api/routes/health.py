@@ -1,9 +1,14 @@
-"""``/healthz``: is the store readable, does the broker answer (reported separately)."""
+"""``/healthz``: is the store readable, does the broker answer (reported separately).
+
+Unauthenticated, so its details name the store by its URL (``local store`` for a local one) and
+carry no server paths (api/redact.py).
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from api import redact
 from api.deps import PublisherDep, StoreDep
 from api.schemas import ComponentHealth, Health
 
@@ -17,18 +22,19 @@ router = APIRouter(tags=["health"])
     summary="Health of the store and of the broker",
 )
 def healthz(response: Response, store: StoreDep, publisher: PublisherDep) -> Health:
+    redactor = redact.current()
+    name = redactor.store_label
     try:
         runs = store.list_runs()
-        store_health = ComponentHealth(ok=True, detail=f"{store.url}: {len(runs)} run(s)")
+        store_health = ComponentHealth(ok=True, detail=f"{name}: {len(runs)} run(s)")
     except Exception as e:  # any failure to list is "store down", whatever the backend raised
-        store_health = ComponentHealth(ok=False, detail=f"{store.url}: {type(e).__name__}: {e}")
+        store_health = ComponentHealth(ok=False, detail=redactor.text(f"{name}: {type(e).__name__}: {e}"))
     try:
         backlog = publisher.backlog
-        broker_health = ComponentHealth(
-            ok=True, detail=f"{publisher.probe()}; {backlog} accepted job(s) not yet sent"
-        )
+        detail = f"{publisher.probe()}; {backlog} accepted job(s) not yet sent"
+        broker_health = ComponentHealth(ok=True, detail=redactor.text(detail))
     except Exception as e:
-        broker_health = ComponentHealth(ok=False, detail=str(e))
+        broker_health = ComponentHealth(ok=False, detail=redactor.text(str(e)))
     ok = store_health.ok and broker_health.ok
     if not ok:
         response.status_code = 503

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from anneal import resolve
-from api.convert import checkpoint_out, eval_out, model_id, model_out, run_summary
+from api.convert import checkpoint_out, eval_out, model_id, model_out, run_detail, run_summary
 from api.deps import StoreDep, run_name
 from api.schemas import CheckpointList, EvalList, ModelList, RunDetail, RunList
 from wsm.store import RunManifest, Store
@@ -36,17 +36,7 @@ def get_run(
     metrics = store.read_metrics(manifest.run, limit=metrics_limit + 1)
     truncated = len(metrics) > metrics_limit
     metrics = metrics[len(metrics) - metrics_limit :] if metrics_limit else []
-    return RunDetail(
-        **run_summary(manifest, checkpoints).model_dump(),
-        model=manifest.model,
-        tokenizer=manifest.tokenizer,
-        data=manifest.data,
-        schedule=manifest.schedule,
-        extra=manifest.extra,
-        latest_step=checkpoints[-1].step if checkpoints else None,
-        metrics=metrics,
-        metrics_truncated=truncated,
-    )
+    return run_detail(manifest, checkpoints, metrics, truncated)
 
 
 @router.get(

@@ -1,7 +1,8 @@
 """``wsm serve``: run the API (and dashboard) with uvicorn.
 
 Without ``WSM_API_TOKEN`` the server refuses to listen beyond loopback: mutating endpoints would
-be open to anyone who can reach it. It says so at start.
+be open to anyone who can reach it. It says so at start. A placeholder token is refused with a
+one-line error (api/exposure.py). The request head is capped while it arrives (api/server.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 from typing import Any
+
+from api.exposure import allowed_hosts, check_startup, check_token, is_loopback
 
 log = logging.getLogger("wsm.serve")
 
@@ -32,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def bind_host(requested: str, token: str | None) -> str:
     """The address to bind: ``requested``, or loopback when no token protects the API."""
-    if token or requested in (LOOPBACK, "localhost", "::1"):
+    if token or is_loopback(requested):
         return requested
     log.warning(
         "WSM_API_TOKEN is not set: binding to %s only (not %s); set a token to serve other hosts",
@@ -48,17 +52,26 @@ def run(args: argparse.Namespace) -> int:
     from wsm.settings import get_settings
 
     settings = get_settings()
+    check_token(settings.api_token)  # a placeholder: one line and exit 2, before anything listens
     host = bind_host(args.host or settings.api_host, settings.api_token)
     port = args.port or settings.api_port
+    # uvicorn builds the app in each server process from the environment: it must see the address
+    # really bound, for its loopback rule and its default allowed Host names.
+    os.environ["WSM_API_HOST"] = host
+    get_settings.cache_clear()
+    settings = get_settings()
+    check_startup(settings)
     if not settings.api_token:
         log.warning("no WSM_API_TOKEN: mutating endpoints are unauthenticated; listening on loopback only")
-    log.info("serving the API on http://%s:%d", host, port)
+    hosts = sorted(allowed_hosts(settings))
+    log.info("serving the API on http://%s:%d (Host names answered: %s)", host, port, ", ".join(hosts))
     uvicorn.run(
         "wsm.commands.serve:create_service_app",
         factory=True,
         host=host,
         port=port,
         workers=args.workers or settings.api_workers,
+        http="api.server:HeadLimitedHttpTools",
         log_level=settings.log_level.lower(),
         access_log=False,
     )

@@ -88,7 +88,8 @@ def example_window(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _announce(url: str, token: str | None, args: argparse.Namespace) -> None:
-    auth = f" -H 'authorization: Bearer {token}'" if token else ""
+    # The token itself is never logged: the example reads it from the environment.
+    auth = ' -H "authorization: Bearer $WSM_API_TOKEN"' if token else ""
     log.info("dashboard: %s/", url)
     if args.no_train:
         return
@@ -124,11 +125,16 @@ def run(args: argparse.Namespace) -> int:
         env["WSM_BROKER_URL"] = settings.broker_url
     if not args.no_train:
         example_window(args)  # a bad --config or --set fails here, before anything starts
+    if not args.no_api:
+        from api.exposure import check_token
+
+        check_token(settings.api_token)  # a placeholder: one line here, not a crash of the API child
     components = build_components(args, env)
     if not components:
         raise ValueError("nothing to start: --no-train, --no-worker and --no-api were all given")
     log.info("store: %s", store_url)
-    supervisor = Supervisor(components, grace_seconds=args.grace)
+    secrets = (settings.api_token, settings.s3_secret_access_key)
+    supervisor = Supervisor(components, grace_seconds=args.grace, secrets=secrets)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     supervisor.start()
