@@ -30,17 +30,18 @@ from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
+from anneal import jobs
+from anneal.broker.enqueue import CeleryEnqueuer
 from api.app import create_app
 from api.exposure import ExposureError, allowed_hosts, host_allowed
 from api.openapi import NAMED
 from api.redact import Redactor
 from api.server import HeadLimitedHttpTools
-from merger import jobs
 from tests.api.conftest import FakeEnqueuer
 from tests.api.fixtures import make_run
 from tests.conftest import make_settings
 from wsm.settings import Settings, get_settings
-from wsm.store import Store, StoreError, validate_name
+from wsm.store import Store, StoreError, layout, validate_name
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD_LIMIT = 4096
@@ -394,7 +395,9 @@ def leaky(tmp_path: Path) -> tuple[TestClient, Store, Settings]:
         tokenizer={"path": f"{store.root}/runs/r2/tokenizer.json"},
         description=f"copied from {tmp_path}/old-store",
     )
-    app = create_app(settings, store=store)  # the real (embedded, SQLite) broker
+    app = create_app(
+        settings, store=store, enqueuer=CeleryEnqueuer(settings)
+    )  # the real (embedded, SQLite) broker
 
     @app.get("/test-store-error")
     def store_error() -> None:
@@ -443,7 +446,7 @@ def test_errors_carry_no_server_paths(leaky: tuple[TestClient, Store, Settings])
     assert "cannot write runs/r1/jobs/x.json" in answer.json()["detail"]
     # A real OSError from the file system where a job record should be: a 500 that names no path.
     job = client.post("/anneal", json=BODY).json()
-    record = store.full_path(jobs.job_path("r1", job["job_id"]))
+    record = store.full_path(layout.job_path("r1", job["job_id"]))
     os.remove(record)
     os.makedirs(record)
     for answer in (client.post("/anneal", json=BODY), client.get(f"/anneal/{job['job_id']}")):
