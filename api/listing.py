@@ -2,7 +2,7 @@
 
 Listing a run means reading every checkpoint manifest: the dominant cost of a request once the
 broker is fast. A stale listing is safe: the worker re-checks that each chosen checkpoint still
-exists with the same sha256 (anneal/pipeline.py, ``check_sources``) and fails the job clearly if
+exists with the same sha256 (merger/store_io.py, ``check_sources``) and fails the job clearly if
 not; a new checkpoint is seen within ``ttl_s``. Read endpoints do not use this cache.
 """
 

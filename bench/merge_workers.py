@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from anneal import jobs, pipeline  # noqa: E402
+from anneal import jobs, resolve  # noqa: E402
 from anneal.broker.enqueue import CeleryEnqueuer  # noqa: E402
+from anneal.outbox import Publisher  # noqa: E402
 from anneal.submit import submit  # noqa: E402
 from tests.api.fixtures import M, make_run  # noqa: E402
 from tests.api.worker import Worker, redis_server, service_env  # noqa: E402
@@ -57,11 +58,16 @@ def one(
     ]
     try:
         time.sleep(8)  # let every worker connect before the parts are handed out
-        spec = pipeline.resolve(
-            store, curve=pipeline.curve_spec("1-sqrt", alpha=None, floor=0.0), window="30M", evaluate=False
+        spec = resolve.resolve(
+            store,
+            curve=resolve.curve_spec("1-sqrt", alpha=None, floor=0.0),
+            request=resolve.window_request("30M", None, None, None),
+            evaluate=False,
         )
         start = time.perf_counter()
-        record, _ = submit(store, spec, enqueuer)
+        publisher = Publisher(lambda: enqueuer)
+        record, _ = submit(store, spec, publisher)
+        publisher.flush()
         while (record := jobs.load(store, spec.run, record.job_id)).state not in ("done", "failed"):
             time.sleep(0.1)
         wall = time.perf_counter() - start

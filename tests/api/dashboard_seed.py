@@ -235,7 +235,7 @@ class ScriptedWorker:
         try:
             spec = record.spec
             save(state="running", stage="resolving", progress=0.0, message="checking the source checkpoints")
-            plan = pipeline.build_plan(self.store, spec, pipeline.check_sources(self.store, spec))
+            plan = pipeline.build_plan(self.store, spec)
             for percent in (20.0, 60.0):
                 save(stage="merging", progress=percent, message=f"merging {len(spec.tokens)} checkpoints")
             pipeline.merge(self.store, spec, plan)
@@ -248,7 +248,7 @@ class ScriptedWorker:
                 ) as pub:
                     pass
                 assert pub.manifest is not None
-                record.evals["anneal"] = pipeline.eval_summary(pub.manifest)
+                record.evals["anneal"] = jobs.EvalSummary.of(pub.manifest)
             runner.finish(self.store, record)
         except Exception as e:  # the page must show the failure, as with a real worker
             runner.fail(self.store, record, e)

@@ -204,7 +204,7 @@ def test_request_anneal_and_follow_the_job(server: str, page: Any) -> None:
 
     # The page reloads the run when the job ends: the new model is selected, in the table with its
     # evaluation, and its weights are charted.
-    selected = f'#variants-table tr[data-key^="{seed.RUN}:anneal-linear-60M-at-200M"][aria-selected="true"]'
+    selected = f'#variants-table tr[data-key^="{seed.RUN}:anneal-linear-w60M-at-200M"][aria-selected="true"]'
     new_key = page.wait_for_selector(selected).get_attribute("data-key")
     assert page.locator("#variant-select").input_value() == new_key
     assert (

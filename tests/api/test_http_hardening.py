@@ -321,7 +321,7 @@ def test_wsm_serve_refuses_a_placeholder_in_one_line(
 
 
 def test_wsm_serve_tells_the_app_what_it_binds(monkeypatch: pytest.MonkeyPatch) -> None:
-    from api import cli
+    from wsm.commands import serve as cli
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append(k))
