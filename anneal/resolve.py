@@ -19,9 +19,17 @@ from anneal.errors import (
     UnknownCurveError,
     UnknownRunError,
 )
-from anneal.jobs import JobSpec, WindowRequest
+from anneal.jobs import AnnealSelection, JobSpec, WindowRequest
 from merger import store_io
-from theory import ALIASES, CURVE_NAMES, CurveSpec, TheoryError, canonical_curve_name, parse_tokens
+from theory import (
+    ALIASES,
+    CURVE_NAMES,
+    CurveSpec,
+    TheoryError,
+    canonical_curve_name,
+    format_tokens,
+    parse_tokens,
+)
 from wsm.eval_config import EvalConfig
 from wsm.store import CheckpointManifest, RunManifest
 
@@ -115,3 +123,38 @@ def resolve(
         eval_config=(eval_config or EvalConfig()) if evaluate else None,
         model_name=selection.model_name(),
     )
+
+
+RECENT_FRACTION = 0.5
+"""A window covering more than this share of the run so far gets a warning: the papers anneal over
+the last 10-20% of training, and an early checkpoint weighs heavily in a long window."""
+
+
+def window_warnings(run: RunManifest | None, selection: AnnealSelection) -> list[str]:
+    """What a user should know about a window before trusting its result (empty when nothing)."""
+    out = []
+    end = selection.window_end
+    if selection.window > RECENT_FRACTION * end:
+        share = 100.0 * selection.window / end if end else 100.0
+        out.append(
+            f"the window covers {share:.0f}% of the run so far ({format_tokens(selection.window)} of "
+            f"{format_tokens(end)} tokens); the papers anneal over the last 10-20%, so an early checkpoint "
+            "weighs heavily here"
+        )
+    warmup = _warmup_tokens(run)
+    if warmup and selection.window_start < warmup:
+        out.append(
+            f"the window starts at {format_tokens(selection.window_start)} tokens, inside warm-up (until "
+            f"{format_tokens(warmup)}): checkpoints still warming up are merged"
+        )
+    return out
+
+
+def _warmup_tokens(run: RunManifest | None) -> int | None:
+    """Warm-up length recorded by wsm's trainer (steps x tokens per step); None when unknown."""
+    if run is None:
+        return None
+    steps, per_step = run.schedule.get("warmup_steps"), run.data.get("tokens_per_step")
+    if isinstance(steps, int) and isinstance(per_step, int):
+        return steps * per_step
+    return None

@@ -45,14 +45,16 @@ def split_model_id(value: str) -> tuple[str, str]:
     return run, name
 
 
-def job_out(record: JobRecord, status_url: str, *, created: bool | None = None) -> JobOut:
+def job_out(
+    record: JobRecord, status_url: str, *, created: bool | None = None, warnings: list[str] | None = None
+) -> JobOut:
     """The API view of a job record; with ``created``, the answer to ``POST /anneal``."""
     spec = record.spec
     redactor = redact.current()
     evals = {
         k: EvalOut.model_validate(redactor.json(v.model_dump(mode="json"))) for k, v in record.evals.items()
     }
-    extra = {} if created is None else {"created": created}
+    extra = {} if created is None else {"created": created, "warnings": warnings or []}
     return (JobOut if created is None else AnnealAccepted)(
         job_id=record.job_id,
         run=spec.run,

@@ -157,6 +157,11 @@ class AnnealAccepted(JobOut):
     """Answer to ``POST /anneal``: the job (new, already running, or finished)."""
 
     created: bool = Field(description="True if this request created the job; false if it already existed.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What to know about the window before trusting the result: it reaches into warm-up, "
+        "or covers most of the run so far.",
+    )
 
 
 class JobList(BaseModel):

@@ -48,7 +48,7 @@ async def post_anneal(body: AnnealRequest, request: Request) -> Response:
     window = resolve.window_request(body.window, body.interval, body.count, body.end)
     run = validate_name(body.run, "run name") if body.run is not None else None
 
-    def resolve_and_submit() -> tuple[JobRecord, bool]:
+    def resolve_and_submit() -> tuple[JobRecord, bool, list[str]]:
         spec = resolve.resolve(
             state.listing,
             curve=curve,
@@ -57,13 +57,15 @@ async def post_anneal(body: AnnealRequest, request: Request) -> Response:
             evaluate=body.evaluate,
             eval_config=state.settings.eval_config,
         )
-        return service.submit(state.store, spec, state.publisher)
+        runs = {r.run: r for r in state.listing.list_runs()}
+        warnings = resolve.window_warnings(runs.get(spec.run), spec.selection)
+        return (*service.submit(state.store, spec, state.publisher), warnings)
 
     try:
-        record, created = await anyio.to_thread.run_sync(resolve_and_submit)
+        record, created, warnings = await anyio.to_thread.run_sync(resolve_and_submit)
     except BrokerUnavailable as e:
         raise ApiError(503, "broker_unavailable", f"{e}; the job was not queued, try again later") from e
-    out = job_out(record, _status_url(request, record.job_id), created=created)
+    out = job_out(record, _status_url(request, record.job_id), created=created, warnings=warnings)
     code = status.HTTP_200_OK if record.state == "done" else status.HTTP_202_ACCEPTED
     return Response(out.model_dump_json(), status_code=code, media_type="application/json")
 

@@ -35,9 +35,11 @@ def test_wsm_anneal_wait(
     app = create_app(api_settings, store=run_store, enqueuer=RunningEnqueuer(run_store, api_settings))
     monkeypatch.setattr(httpx, "Client", lambda base_url, headers, timeout: TestClient(app, headers=headers))
     code = main(["anneal", "--curve", "1-sqrt", "--window", "40M", "--no-eval", "--wait", "--poll", "0.01"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0, out
     assert "curve 1-sqrt, window 40000000" in out and "model r1:anneal-1-sqrt-w40M-at-100M-n4-" in out
+    assert "HTTP Request" not in captured.err  # polling is progress, not one httpx INFO line per request
 
 
 def test_wsm_anneal_reports_api_errors(

@@ -29,7 +29,9 @@ def test_the_dashboard_keeps_no_copy_of_the_registry() -> None:
     """The form's curve list and every curve drawn come from the API: no names list, no curve math."""
     html = (STATIC / "index.html").read_text()
     select = re.search(r'<select id="f-curve"[^>]*>(.*?)</select>', html, re.S)
-    assert select is not None and len(re.findall(r"<option", select.group(1))) <= 1  # a placeholder until /curves answers
+    assert (
+        select is not None and len(re.findall(r"<option", select.group(1))) <= 1
+    )  # a placeholder until /curves answers
     scripts = [p.read_text() for p in [STATIC / "app.js", *(STATIC / "js").glob("*.js")]]
     for source in scripts:
         assert not re.search(r"Math\.(sqrt|cos|pow)|\*\*\s*x", source), "curve math belongs in theory/"

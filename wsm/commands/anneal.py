@@ -69,6 +69,36 @@ def _error(response: Any) -> str:
         return f"HTTP {response.status_code}: {response.text[:200]}"
 
 
+def _follow(client: Any, job: dict[str, Any], poll: float) -> dict[str, Any]:
+    """Poll the job until it ends: a progress bar on a terminal, else one line per change of stage."""
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=100, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}", leave=False)
+    last = None
+    try:
+        while job["state"] not in TERMINAL:
+            time.sleep(poll)
+            polled = client.get(f"/anneal/{job['job_id']}")
+            if polled.status_code >= 400:
+                raise UsageError(_error(polled))
+            job = polled.json()
+            if bar is not None:
+                bar.set_description_str(job["stage"], refresh=False)
+                bar.n = min(100.0, float(job["progress"]))
+                bar.refresh()
+                continue
+            line = f"{job['stage']} {job['progress']:.0f}% {job['message']}"
+            if line != last:
+                print(line, flush=True)
+                last = line
+    finally:
+        if bar is not None:
+            bar.close()
+    return job
+
+
 def run(args: argparse.Namespace) -> int:
     import httpx
 
@@ -86,17 +116,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(_error(response))
         job = response.json()
         print(_describe(job))
-        last = None
-        while args.wait and job["state"] not in TERMINAL:
-            time.sleep(args.poll)
-            polled = client.get(f"/anneal/{job['job_id']}")
-            if polled.status_code >= 400:
-                raise UsageError(_error(polled))
-            job = polled.json()
-            line = f"{job['stage']} {job['progress']:.0f}% {job['message']}"
-            if line != last:
-                print(line, flush=True)
-                last = line
+        for warning in job.get("warnings") or []:
+            print(f"warning: {warning}", file=sys.stderr)
+        if args.wait and job["state"] not in TERMINAL:
+            job = _follow(client, job, args.poll)
     if args.json:
         print(json.dumps(job, indent=2))
     elif job["state"] == "done":

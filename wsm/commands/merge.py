@@ -144,6 +144,11 @@ def _plan(args: argparse.Namespace) -> tuple[Any, Any]:
             count=args.count,
             end=args.end,
         )
+        from anneal.resolve import window_warnings
+
+        runs = {r.run: r for r in store.list_runs()}
+        for warning in window_warnings(runs.get(args.run), selection):
+            log.warning("%s", warning)
         return store_io.plan_selection(store, selection, **kwargs), store
     if not args.inputs:
         raise UsageError("nothing to merge: give PATH[:WEIGHT] inputs or --run")
