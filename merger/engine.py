@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -320,6 +320,7 @@ def execute_merge(
     overwrite: bool = False,
     manifest_extra: dict[str, Any] | None = None,
     hash_inputs: bool = False,
+    copy_files: Mapping[str, str] | None = None,
     **kwargs: Any,
 ) -> MergeStats:
     """Merge into directory ``output``: ``model.safetensors`` or shards + index, then the manifest.
@@ -343,6 +344,8 @@ def execute_merge(
         stats = run_shards(plan, range(len(plan.shards)), staging, **kwargs)
         input_hashes = hashes.result() if hashes is not None else {}
         manifest = build_manifest(plan, stats, input_hashes, extra=manifest_extra)
+        for name, source in (copy_files or {}).items():  # config, tokenizer: published with the weights
+            shutil.copyfile(source, os.path.join(staging, name))
         finalize_sharded(plan, staging, [stats], manifest=manifest, fsync=bool(kwargs.get("fsync", True)))
         if os.path.exists(out):
             shutil.rmtree(out)

@@ -202,9 +202,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.output:
             from merger.engine import execute_merge
+            from merger.hf_files import sidecar_files
 
+            copied = sidecar_files(plan.inputs)
+            if copied:
+                log.info(
+                    "copying %s from the newest input, so the output loads as a model", ", ".join(copied)
+                )
             stats = execute_merge(
-                plan, args.output, overwrite=args.overwrite, hash_inputs=args.hash_inputs, **common
+                plan,
+                args.output,
+                overwrite=args.overwrite,
+                hash_inputs=args.hash_inputs,
+                copy_files=copied,
+                **common,
             )
             where = args.output
         else:
