@@ -7,6 +7,8 @@ Every failure is a :class:`~anneal.errors.RequestError` subclass naming the prob
 
 from __future__ import annotations
 
+import itertools
+import statistics
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -26,9 +28,11 @@ from theory import (
     CURVE_NAMES,
     CurveSpec,
     TheoryError,
+    WindowSuggestion,
     canonical_curve_name,
     format_tokens,
     parse_tokens,
+    suggest_window,
 )
 from wsm.eval_config import EvalConfig
 from wsm.store import CheckpointManifest, RunManifest
@@ -158,3 +162,12 @@ def _warmup_tokens(run: RunManifest | None) -> int | None:
     if isinstance(steps, int) and isinstance(per_step, int):
         return steps * per_step
     return None
+
+
+def suggestion(run: RunManifest | None, tokens: list[int]) -> WindowSuggestion | None:
+    """The window to anneal first for a run with checkpoints at ``tokens`` (None before two exist)."""
+    if len(tokens) < 2:
+        return None
+    ordered = sorted(tokens)
+    interval = int(statistics.median(b - a for a, b in itertools.pairwise(ordered)))
+    return suggest_window(ordered[-1], max(1, interval), warmup=_warmup_tokens(run) or 0)

@@ -6,8 +6,10 @@ config) may name server paths; they are redacted here (api/redact.py) on their w
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from anneal import resolve
 from anneal.jobs import AnnealSelection, JobRecord
 from api import redact
 from api.schemas import (
@@ -23,6 +25,7 @@ from api.schemas import (
     RunSummary,
     SelectionOut,
     SourceOut,
+    Suggestion,
 )
 from theory import CurveSpec, lr_steps, target_points
 from wsm.store import CheckpointManifest, EvalManifest, ModelManifest, RunManifest, layout
@@ -119,7 +122,13 @@ def run_detail(
         latest_step=checkpoints[-1].step if checkpoints else None,
         metrics=metrics,
         metrics_truncated=truncated,
+        suggestion=_suggestion(run, checkpoints),
     )
+
+
+def _suggestion(run: RunManifest, checkpoints: list[CheckpointManifest]) -> Suggestion | None:
+    found = resolve.suggestion(run, [c.tokens for c in checkpoints])
+    return Suggestion(**dataclasses.asdict(found)) if found is not None else None
 
 
 def checkpoint_out(m: CheckpointManifest) -> CheckpointOut:

@@ -186,8 +186,22 @@ class RunList(BaseModel):
     runs: list[RunSummary] = Field(description="Runs, sorted by name.")
 
 
+class Suggestion(BaseModel):
+    """The window to anneal first: the recent part of the run, once the run is long enough."""
+
+    window: int = Field(description="Window width in tokens, a whole number of checkpoint intervals.")
+    checkpoints: int = Field(description="Checkpoints the window merges.")
+    ready_at: int = Field(description="Run length in tokens from which the window is recent enough.")
+    ready: bool = Field(description="Whether the run has reached ready_at.")
+    reason: str = Field(description="Why not yet (empty when ready).")
+
+
 class RunDetail(RunSummary):
     """A run with its configuration, progress and metrics."""
+
+    suggestion: Suggestion | None = Field(
+        default=None, description="The window to anneal first (null before two checkpoints exist)."
+    )
 
     model: dict[str, Any] = Field(description="Model configuration (trainer-defined).")
     tokenizer: dict[str, Any] = Field(description="Tokenizer configuration (trainer-defined).")

@@ -8,6 +8,7 @@ from theory.errors import TheoryError
 from theory.lr_curve import LRCurve, effective_lr_curve, lr_steps, target_lr_curve, target_points
 from theory.selection import Selection, select_checkpoints, weights_for_grid
 from theory.sizes import format_tokens, format_tokens_exact, parse_tokens
+from theory.suggest import WindowSuggestion, suggest_window
 from theory.theorem import (
     decay_from_merge_weights,
     merge_weights_from_decay,
@@ -23,6 +24,7 @@ __all__ = [
     "LRCurve",
     "Selection",
     "TheoryError",
+    "WindowSuggestion",
     "canonical_curve_name",
     "curve_catalog",
     "decay_from_merge_weights",
@@ -33,6 +35,7 @@ __all__ = [
     "merge_weights_from_decay",
     "parse_tokens",
     "select_checkpoints",
+    "suggest_window",
     "target_lr_curve",
     "target_points",
     "validate_decay",

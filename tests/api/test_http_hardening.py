@@ -343,7 +343,7 @@ def test_wsm_up_never_logs_the_token(
     from wsm.commands import up
 
     secret = "tok-9f8e7d6c5b4a"
-    monkeypatch.setattr(up, "example_window", lambda args: ("10k", "40k"))  # no trainer config needed
+    monkeypatch.setattr(up, "example_window", lambda args: ("10k", "40k", "200k"))  # no trainer config needed
     args = argparse.Namespace(
         no_train=False,
         config=None,

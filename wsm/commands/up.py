@@ -77,14 +77,17 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def example_window(args: argparse.Namespace) -> tuple[str, str]:
-    """(save interval, a window of four checkpoints) of the trainer config ``wsm up`` runs."""
-    from theory import format_tokens
+def example_window(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(save interval, the first window worth annealing, the run length from which it is) of the trainer
+    config ``wsm up`` runs: theory's suggestion, the same the API serves for a run (GET /runs/{run})."""
+    from theory import format_tokens_exact as format_tokens
+    from theory import suggest_window
     from trainer.config import load_config
 
     cfg = load_config(args.config or "demo", [f"run={args.run}", *args.set])
     every = cfg.checkpoint.save_every
-    return format_tokens(every), format_tokens(4 * every)
+    first = suggest_window(0, every, warmup=cfg.schedule.warmup)
+    return format_tokens(every), format_tokens(first.window), format_tokens(first.ready_at)
 
 
 def _announce(url: str, token: str | None, args: argparse.Namespace) -> None:
@@ -93,13 +96,15 @@ def _announce(url: str, token: str | None, args: argparse.Namespace) -> None:
     log.info("dashboard: %s/", url)
     if args.no_train:
         return
-    every, window = example_window(args)
+    every, window, ready_at = example_window(args)
     body = json.dumps({"curve": "1-sqrt", "window": window})
     log.info(
-        "the trainer saves a checkpoint every %s tokens; once four exist, request an anneal:\n"
+        "the trainer saves a checkpoint every %s tokens; once the run passes %s tokens, anneal its recent "
+        "part (the papers anneal over the last 10-20%%; earlier, the oldest checkpoints weigh heavily):\n"
         "  curl -X POST %s/anneal -H 'content-type: application/json'%s -d '%s'\n"
         "  or: wsm anneal --curve 1-sqrt --window %s --wait",
         every,
+        ready_at,
         url,
         auth,
         body,
