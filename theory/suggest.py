@@ -23,7 +23,7 @@ class WindowSuggestion:
     window: int
     """Window width in tokens: a whole number of checkpoint intervals."""
     checkpoints: int
-    """How many checkpoints it merges (intervals + 1)."""
+    """How many checkpoints it merges: one per interval (the window's start is not one of them)."""
     ready_at: int
     """Run length in tokens from which the window is the last ``share`` of the run and clears warm-up."""
     ready: bool
@@ -61,4 +61,4 @@ def suggest_window(
             f"{share:.0%} of it (and past warm-up) from {format_tokens(ready_at)} tokens on; earlier, its "
             "oldest checkpoints weigh heavily and the merge can look worse than the WSO checkpoint"
         )
-    return WindowSuggestion(window, intervals + 1, ready_at, ready, reason)
+    return WindowSuggestion(window, intervals, ready_at, ready, reason)

@@ -17,7 +17,7 @@ def test_the_run_says_which_window_to_anneal_first(client: TestClient) -> None:
     # checkpoints every 10M up to 100M: the last 20% is under four intervals, so 40M, ready from 200M
     assert suggestion == {
         "window": 40_000_000,
-        "checkpoints": 5,
+        "checkpoints": 4,
         "ready_at": 200_000_000,
         "ready": False,
         "reason": suggestion["reason"],

@@ -69,6 +69,7 @@ def test_mergekit_yaml(tmp_path: Path) -> None:
     dirs = []
     for i in range(2):
         (tmp_path / f"m{i}").mkdir()
+        (tmp_path / f"m{i}" / "config.json").write_text("{}")  # what makes it a model directory for mergekit
         dirs.append(save(tmp_path / f"m{i}" / "model.safetensors", random_state(i)))
     cfg_path = tmp_path / "merge.yaml"
     assert main(["merge", f"{dirs[0]}:0.4", f"{dirs[1]}:0.6", "--mergekit-yaml", str(cfg_path)]) == 0
@@ -80,6 +81,16 @@ def test_mergekit_yaml(tmp_path: Path) -> None:
         {"model": str(tmp_path / "m1"), "parameters": {"weight": 0.6}},
     ]
     assert cfg["out_dtype"] == "bfloat16"
+
+
+def test_mergekit_yaml_refuses_what_mergekit_cannot_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b, _ = _inputs(tmp_path)
+    assert main(["merge", f"{a}:0.5", f"{b}:0.5", "--mergekit-yaml", str(tmp_path / "m.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "not a Hugging Face model directory (no config.json)" in err and "Traceback" not in err
+    assert not (tmp_path / "m.yaml").exists()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from theory import TheoryError, suggest_window
 
 def test_the_demo_numbers() -> None:
     young = suggest_window(491_520, 122_880, warmup=40_000)
-    assert young.window == 491_520 and young.checkpoints == 5 and not young.ready
+    assert young.window == 491_520 and young.checkpoints == 4 and not young.ready
     assert young.ready_at == 2_457_600 and "last 20%" in young.reason
     grown = suggest_window(4_915_200, 122_880, warmup=40_000)
     assert grown.ready and grown.window == 983_040 and grown.reason == ""

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 from typing import Any
 
 from wsm.errors import UsageError
+from wsm.store import layout
 
 log = logging.getLogger("wsm.merge")
 
@@ -187,12 +189,32 @@ def _table(plan: Any, stats: Any = None) -> str:
     return "\n".join(lines)
 
 
+def _export_for_mergekit(store: Any, plan: Any, yaml_path: str) -> list[str]:
+    """Store checkpoints as HF model directories beside the YAML (``<yaml>-models/<tokens>``), for mergekit.
+
+    A full copy of each checkpoint: mergekit needs config.json and HF tensor names. Reused when present.
+    """
+    from trainer.export import export_hf
+
+    root = os.path.abspath(os.path.splitext(yaml_path)[0] + "-models")
+    dirs = []
+    for ck in plan.inputs:
+        run, tokens = ck.extra["run"], ck.extra["tokens"]
+        target = os.path.join(root, str(tokens))
+        if not os.path.isfile(os.path.join(target, "config.json")):
+            log.info("exporting checkpoint %s of %s for mergekit to %s", tokens, run, target)
+            export_hf(store, run, layout.checkpoint_dir(run, tokens), target)
+        dirs.append(target)
+    return dirs
+
+
 def run(args: argparse.Namespace) -> int:
     plan, store = _plan(args)
     if args.mergekit_yaml:
         from merger.mergekit import write_mergekit_yaml
 
-        write_mergekit_yaml(plan, args.mergekit_yaml)
+        dirs = _export_for_mergekit(store, plan, args.mergekit_yaml) if store is not None else None
+        write_mergekit_yaml(plan, args.mergekit_yaml, dirs)
         log.info("wrote mergekit config %s", args.mergekit_yaml)
     if args.dry_run or (args.mergekit_yaml and not args.output and store is None):
         print(json.dumps(plan.describe(), indent=2) if args.json else _table(plan))

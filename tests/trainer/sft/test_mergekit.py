@@ -1,0 +1,55 @@
+"""`wsm merge --run ... --mergekit-yaml`: a config mergekit runs as is, over HF exports of the checkpoints."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.trainer.sft.conftest import TinyRun
+from wsm.cli import main
+from wsm.store import layout
+
+
+def _more_checkpoints(tiny_run: TinyRun) -> tuple[int, int]:
+    """The trained checkpoint again at two later token counts: a window needs two in (S, E]."""
+    store, run = tiny_run.store, tiny_run.run
+    first = store.list_checkpoints(run)[0]
+    for k in (2, 3):
+        if first.tokens * k not in {c.tokens for c in store.list_checkpoints(run)}:
+            with store.publish_checkpoint(run, first.tokens * k, step=(first.step or 0) * k) as pub:
+                for f in first.files:
+                    path = store.local_path(first.path(f.name))
+                    assert path is not None
+                    pub.put_file(f.name, path)
+    return first.tokens * 2, first.tokens * 3
+
+
+def test_mergekit_yaml_for_a_store_run(tiny_run: TinyRun, tmp_path: Path) -> None:
+    first, later = _more_checkpoints(tiny_run)
+    cfg_path = tmp_path / "anneal.yaml"
+    window = str(2 * (later - first))
+    argv = ["merge", "--run", tiny_run.run, "--store", tiny_run.store.url, "--window", window]
+    assert main([*argv, "--curve", "linear", "--mergekit-yaml", str(cfg_path), "--dry-run"]) == 0
+    cfg = yaml.safe_load(cfg_path.read_text())
+    paths = [m["model"] for m in cfg["models"]]
+    assert paths == [str(tmp_path / "anneal-models" / str(t)) for t in (first, later)]
+    assert all(Path(p).is_absolute() and (Path(p) / "config.json").is_file() for p in paths)
+    assert [m["parameters"]["weight"] for m in cfg["models"]] == [0.5, 0.5]
+    transformers = pytest.importorskip("transformers")
+    transformers.AutoModelForCausalLM.from_pretrained(paths[0])  # each one loads as an HF model
+
+    if shutil.which("mergekit-yaml") is None:
+        pytest.skip("mergekit is not installed (pip install 'wsm[bench]')")
+    out = tmp_path / "mergekit-out"
+    subprocess.run(["mergekit-yaml", str(cfg_path), str(out)], check=True, capture_output=True, timeout=600)
+    merged = {k: v for f in out.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    a, b = (load_file(str(Path(p) / "model.safetensors")) for p in paths)
+    for name, value in merged.items():
+        torch.testing.assert_close(value.float(), 0.5 * a[name].float() + 0.5 * b[name].float())
+    assert layout.MODEL_FILE  # the store layout is untouched by the export
