@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,10 +45,13 @@ def test_mergekit_yaml_for_a_store_run(tiny_run: TinyRun, tmp_path: Path) -> Non
     transformers = pytest.importorskip("transformers")
     transformers.AutoModelForCausalLM.from_pretrained(paths[0])  # each one loads as an HF model
 
-    if shutil.which("mergekit-yaml") is None:
+    beside = Path(sys.executable).with_name("mergekit-yaml")
+    tool = str(beside) if beside.is_file() else shutil.which("mergekit-yaml")
+    if tool is None:
         pytest.skip("mergekit is not installed (pip install 'wsm[bench]')")
     out = tmp_path / "mergekit-out"
-    subprocess.run(["mergekit-yaml", str(cfg_path), str(out)], check=True, capture_output=True, timeout=600)
+    done = subprocess.run([tool, str(cfg_path), str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     merged = {k: v for f in out.glob("*.safetensors") for k, v in load_file(str(f)).items()}
     a, b = (load_file(str(Path(p) / "model.safetensors")) for p in paths)
     for name, value in merged.items():
