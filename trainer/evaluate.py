@@ -8,12 +8,16 @@ One evaluation measures, in this order, on the *same* starting weights:
    weights on pre-training and on held-out SFT data, with ``…_stderr`` (WSO paper, Appendix H);
 3. ``sft_val_loss_before``: loss on held-out SFT answers before fine-tuning;
 4. SFT (WSO paper, Appendix D; optional LR sweep, best run kept by ``sft.select_metric``), then
-   ``sft_val_loss`` and greedy ``task_accuracy`` (macro mean; ``task_accuracy/<task>`` per task).
+   ``sft_val_loss`` and greedy ``task_accuracy`` (macro mean; ``task_accuracy/<task>`` per task);
+5. optionally (``bench.enabled``), lm-evaluation-harness tasks on the stored weights' Hugging Face
+   export, offline: ``bench/<task>/<metric>`` and ``bench/<task>/<metric>_stderr`` (``trainer.bench``).
 
 The result is an :class:`~wsm.store.EvalManifest` named ``eval-<hash>``, the hash covering the model
 dir, the sha256 of its weights, the config and the sha256 of a suite's files: asking again returns
-the stored record. ``extra["suite"]`` says what the suite lost on the way: records dropped, by
-reason, and records or task prompts cut to the model's context.
+the stored record; with the benchmark stage on, also lm-eval's version and the content hashes of
+its task pack and include paths. ``extra["suite"]`` says what the suite lost on the way: records
+dropped, by reason, and records or task prompts cut to the model's context; ``extra["bench"]``
+records lm-eval's version and each task's version, config sha256 and sample counts.
 Everything is seeded and torch runs with deterministic algorithms, so recomputing gives the same numbers
 on the same machine type.
 """
@@ -32,6 +36,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from trainer import bench
+from trainer.config import DataConfig
 from trainer.eval_data import Prepared, prepare_eval_data
 from trainer.load import StoredModel, build_stored_model, load_weights, resolve
 from trainer.sft import fine_tune, sft_loss
@@ -63,6 +69,8 @@ def eval_name(sm: StoredModel, config: EvalConfig) -> str:
     suite_hash = suite_sha256(config.suite)
     if suite_hash is not None:
         key["suite_sha256"] = suite_hash
+    if config.bench.enabled:
+        key["bench"] = bench.cache_key(config.bench, DataConfig().cache_dir)
     return "eval-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -104,19 +112,21 @@ class _Phases:
     """Maps phase-local progress to overall progress for the caller's callback."""
 
     WEIGHTS: ClassVar[dict[str, int]] = {"load": 1, "pretrain_loss": 1, "sharpness": 3, "sft": 4, "tasks": 1}
+    BENCH_WEIGHT: ClassVar[int] = 2
 
-    def __init__(self, callback: Progress | None) -> None:
+    def __init__(self, callback: Progress | None, bench: bool = False) -> None:
         self.callback = callback
-        self.total = sum(self.WEIGHTS.values())
+        self.weights = {**self.WEIGHTS, "bench": self.BENCH_WEIGHT if bench else 0}
+        self.total = sum(self.weights.values())
         self.done = 0.0
 
     def report(self, phase: str, fraction: float) -> None:
         if self.callback is not None:
-            self.callback(phase, min(1.0, (self.done + self.WEIGHTS[phase] * fraction) / self.total))
+            self.callback(phase, min(1.0, (self.done + self.weights[phase] * fraction) / self.total))
 
     def finish(self, phase: str) -> None:
         self.report(phase, 1.0)
-        self.done += self.WEIGHTS[phase]
+        self.done += self.weights[phase]
 
 
 def _sweep_progress(phases: _Phases, index: int, runs: int, fraction: float) -> None:
@@ -200,7 +210,7 @@ def compute(
     store: Store, sm: StoredModel, config: EvalConfig, progress: Progress | None = None
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """All metrics of one evaluation (nothing is stored); returns ``(metrics, extra)``."""
-    phases = _Phases(progress)
+    phases = _Phases(progress, bench=config.bench.enabled)
     device = pick_device(config.device)
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
@@ -243,7 +253,6 @@ def compute(
         phases.finish("sft")
         phases.finish("tasks")
     extra.update(
-        timings_s={k: round(v, 3) for k, v in timings.items()},
         skipped=data.skipped,
         suite={
             "name": data.suite_name,
@@ -256,6 +265,21 @@ def compute(
         device=str(device),
         torch=torch.__version__,
     )
+
+    if config.bench.enabled:
+        # The benchmarks read the stored weights through their export: free the megatron copies first.
+        del model, base, data
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        phases.report("bench", 0.0)
+        t = time.perf_counter()
+        scores, extra["bench"] = bench.run_bench(
+            store, sm.run.run, sm.model_dir, config.bench, str(device), DataConfig().cache_dir
+        )
+        metrics.update(scores)
+        timings["bench"] = time.perf_counter() - t
+        phases.finish("bench")
+    extra["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return metrics, extra
 
 

@@ -7,10 +7,13 @@ start-up, and job specs carry it, without importing the trainer. The trainer's e
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+INSTALL_HINT = "pip install 'wsm[eval]'"
 
 
 class SFTConfig(BaseModel):
@@ -91,6 +94,55 @@ class SharpnessConfig(BaseModel):
     """Seed of the Rademacher vectors and of which held-out sequences are used."""
 
 
+class BenchConfig(BaseModel):
+    """lm-evaluation-harness benchmarks, run offline on the model's Hugging Face export (``wsm[eval]``)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = False
+    """Run the benchmark stage (needs lm-evaluation-harness: ``pip install 'wsm[eval]'``)."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["wsm_pack"], min_length=1)
+    """lm-eval task, group or tag names: ``wsm_pack`` (the built-in pack: wsm_copy, wsm_add, wsm_count,
+    wsm_stdlib_doc), tasks from ``include_path``, or lm-eval's own tasks whose datasets are already in
+    the local Hugging Face cache (nothing is downloaded)."""
+
+    include_path: list[str] = Field(default_factory=list)
+    """Directories of your own lm-eval task YAML (e.g. ``dataset_path: json`` over local JSONL); their
+    files, and the data files their ``dataset_kwargs`` name, enter the cache key by content."""
+
+    limit: int | None = Field(None, ge=1)
+    """At most this many items per task (the first ones); None: all."""
+
+    num_fewshot: int | None = Field(None, ge=0)
+    """Few-shot examples per prompt; None: each task's own setting (the built-in pack's: 0)."""
+
+    batch_size: int = Field(8, ge=1)
+    """Requests per forward pass of lm-eval's ``hf`` model."""
+
+    apply_chat_template: bool = False
+    """Wrap prompts in the exported chat template; off: plain prompts, as a base model is usually scored."""
+
+    bootstrap_iters: int = Field(1000, ge=0)
+    """Bootstrap resamples for the standard error of non-mean metrics (0 also drops mean metrics' stderr)."""
+
+    pack_items: int = Field(100, ge=1)
+    """Built-in pack: items per task (each a pure function of ``seed``)."""
+
+    seed: int = 1234
+    """Seed of the built-in pack's items and of lm-eval's few-shot sampling and generators."""
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchConfig:
+        if self.enabled and importlib.util.find_spec("lm_eval") is None:
+            raise ValueError(
+                f"bench.enabled needs lm-evaluation-harness, which is not installed: {INSTALL_HINT}"
+            )
+        if any(not t.strip() for t in self.tasks):
+            raise ValueError("bench.tasks: a task name is empty")
+        return self
+
+
 class EvalConfig(BaseModel):
     """What an evaluation computes and how; every field enters the cache key."""
 
@@ -153,6 +205,11 @@ class EvalConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to evaluate; auto picks CUDA when available."""
 
+    # A stage that is off leaves no trace in dumps: job ids and evaluation cache keys (digests of the
+    # dump) stay what they were before the stage existed, so stored results keep matching.
+    bench: BenchConfig = Field(default_factory=BenchConfig, exclude_if=lambda b: not b.enabled)
+    """lm-evaluation-harness benchmarks (off by default); scores become ``bench/<task>/<metric>`` metrics."""
+
     @model_validator(mode="after")
     def _check_extractor(self) -> EvalConfig:
         if (self.answer_extractor == "regex") != (self.answer_regex is not None):
@@ -168,4 +225,5 @@ class EvalConfig(BaseModel):
 
     def seeds(self) -> list[int]:
         """Every seed the result depends on (recorded in the manifest)."""
-        return [self.seed, self.suite_seed, self.sft.seed, self.sharpness.seed]
+        seeds = [self.seed, self.suite_seed, self.sft.seed, self.sharpness.seed]
+        return [*seeds, self.bench.seed] if self.bench.enabled else seeds
