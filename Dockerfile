@@ -20,7 +20,7 @@ COPY anneal ./anneal
 COPY api ./api
 COPY wsm ./wsm
 COPY configs ./configs
-RUN pip install .
+RUN pip install ".[eval]"
 
 USER wsm
 EXPOSE 8000
