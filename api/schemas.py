@@ -245,11 +245,11 @@ class RunRegister(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Run name in the store.", examples=["llama-8b"])
+    run: str = Field(description="Run name in the store.", examples=["llama-8b"])
     source: str = Field(
         description="The run's checkpoint directory as the server sees it: an absolute path or an s3:// URI "
         "(read with the server's S3 settings).",
-        examples=["s3://team-ckpts/llama-8b"],
+        examples=["/lustre/checkpoints/llama-8b"],
         max_length=4096,
     )
     layout: ExternalLayoutName = Field(

@@ -50,6 +50,7 @@ LAYOUTS: tuple[str, ...] = get_args(ExternalLayout)
 """The directory layouts an external run can have (merger/formats/dcp_runs.py)."""
 IDENTITY_VERSION = "wsm-dcp-identity-v1"
 MAX_TOKENIZER_BYTES = 256 * 2**20
+REMOTE_PROTOCOLS = ("s3", "s3a")
 DESCRIBE_WORKERS = 8  # new checkpoints summarised concurrently: S3 round trips bound a first sync
 
 
@@ -85,12 +86,18 @@ def source_options(settings: Settings, uri: str) -> dict[str, Any]:
     return {}
 
 
-def normalize_uri(uri: str) -> str:
-    """A local path made absolute (workers may run elsewhere than the registering shell); URIs as given."""
+def normalize_uri(uri: str, what: str = "the run's source") -> str:
+    """A local path made absolute (workers may run elsewhere than the registering shell), or an S3 URI.
+
+    Other fsspec protocols (http, ftp...) are refused: a registration must not make the server
+    fetch arbitrary URLs.
+    """
     uri = uri.strip()
     if not uri:
-        raise ExternalRunError("the run's source is empty: give its checkpoint directory or s3:// prefix")
+        raise ExternalRunError(f"{what} is empty: give a directory or an s3:// URI")
     if is_remote(uri):
+        if uri.split("://", 1)[0] not in REMOTE_PROTOCOLS:
+            raise ExternalRunError(f"{what} {uri!r}: only local paths and s3:// URIs are supported")
         return uri.rstrip("/")
     return os.path.abspath(os.path.expanduser(local_path(uri)))
 
@@ -147,8 +154,8 @@ def _discover(source: ExternalSource | str, opts: Mapping[str, Any]) -> list[Dis
         return discover(uri, opts)
     except MergeError:
         raise
-    except (OSError, ValueError) as e:  # unreachable bucket, bad credentials, malformed URI
-        raise ExternalRunError(f"{uri}: cannot list the run's checkpoints ({e})") from e
+    except Exception as e:  # unreachable bucket, no or bad credentials (botocore's own errors), bad URI
+        raise ExternalRunError(f"{uri}: cannot list the run's checkpoints ({type(e).__name__}: {e})") from e
 
 
 def _choose_layout(uri: str, layout: str, found: list[DiscoveredCheckpoint]) -> str:
@@ -173,17 +180,17 @@ def _choose_layout(uri: str, layout: str, found: list[DiscoveredCheckpoint]) -> 
 
 def _read_tokenizer(path: str, opts: Mapping[str, Any]) -> bytes:
     """A Hugging Face ``tokenizer.json`` (a file, or a directory holding one), checked to be one."""
-    uri = path if is_remote(path) else os.path.abspath(os.path.expanduser(local_path(path)))
+    uri = normalize_uri(path, "the tokenizer")
     if not is_remote(uri) and os.path.isdir(uri):
         uri = os.path.join(uri, store_layout.TOKENIZER_FILE)
     try:
         if not is_remote(uri) and os.path.getsize(uri) > MAX_TOKENIZER_BYTES:
             raise ExternalRunError(f"tokenizer {path}: larger than {MAX_TOKENIZER_BYTES} bytes")
         data = read_small(uri, opts)
-    except (OSError, ValueError) as e:
-        if isinstance(e, ExternalRunError):
-            raise
-        raise ExternalRunError(f"tokenizer {path}: cannot be read ({e})") from e
+    except ExternalRunError:
+        raise
+    except Exception as e:  # missing file, unreachable bucket, no credentials
+        raise ExternalRunError(f"tokenizer {path}: cannot be read ({type(e).__name__}: {e})") from e
     try:
         parsed = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -222,6 +229,7 @@ def register(
     if existing is not None and existing.source is None:
         raise ExternalRunError(f"run {name!r} was trained by wsm and cannot become an external run")
     uri = normalize_uri(uri)
+    tokenizer = normalize_uri(tokenizer, "the tokenizer") if tokenizer is not None else None
     opts = source_options(store.settings, uri)
     found = _discover(uri, opts)
     chosen = _choose_layout(uri, layout, found)
@@ -269,7 +277,7 @@ def _describe_all(
     def one(ck: DiscoveredCheckpoint) -> _Described | str:
         try:
             return _describe(ck, source, opts)
-        except (MergeError, OSError) as e:
+        except Exception as e:  # a checkpoint that cannot be read (or reached) now: named, never a traceback
             if strict:
                 raise ExternalRunError(str(e)) from e
             return str(e) if ck.uri in str(e) else f"{ck.uri}: {e}"
@@ -381,7 +389,7 @@ def open_location(store: Store, manifest: CheckpointManifest) -> CheckpointLayou
     opts = source_options(store.settings, loc.uri)
     try:
         now = identity(summarize(loc.uri, opts))
-    except MergeError as e:
+    except Exception as e:  # gone, truncated listing, unreachable bucket
         raise SourcesChangedError(
             f"checkpoint {format_tokens(manifest.tokens)} of run {manifest.run!r} is no longer readable at "
             f"{loc.uri}: {e}"

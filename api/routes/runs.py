@@ -101,7 +101,7 @@ def register_run(body: RunRegister, request: Request, store: StoreDep) -> RunReg
     """
     run, report = external.register(
         store,
-        run_name(body.name),
+        run_name(body.run),
         body.source,
         layout=body.layout,
         tokens_per_step=body.tokens_per_step,

@@ -98,7 +98,7 @@ def test_register_and_anneal_a_megatron_run(megatron_run: Path, tmp_path: Path) 
     store = Store(settings.store_url, settings=settings)
     client, enqueuer = _app(settings, store)
     source = external_run.copy_run(tmp_path / "run", (10, 20, 30))
-    body = {"name": "ext", "source": str(source)}
+    body = {"run": "ext", "source": str(source)}
     assert client.post("/runs", json=body).status_code == 401  # token-protected like POST /anneal
     answer = client.post("/runs", json=body, headers=AUTH)
     assert answer.status_code == 201, answer.text
@@ -138,17 +138,17 @@ def test_registration_errors_are_clear_4xx(megatron_run: Path, tmp_path: Path) -
     titan = external_run.dcp_fixtures.cached("torchtitan", external_run.dcp_fixtures.torchtitan_run)
 
     def post(**body: Any) -> Any:
-        return client.post("/runs", json={"name": "ext", "source": str(source), **body}, headers=AUTH)
+        return client.post("/runs", json={"run": "ext", "source": str(source), **body}, headers=AUTH)
 
     bad_layout = post(layout="nemo")
     assert bad_layout.status_code == 422 and "layout" in bad_layout.json()["detail"]
     assert post(tokens_per_step=0).status_code == 422
-    no_tokens = client.post("/runs", json={"name": "t", "source": str(titan)}, headers=AUTH)
+    no_tokens = client.post("/runs", json={"run": "t", "source": str(titan)}, headers=AUTH)
     assert no_tokens.status_code == 422 and no_tokens.json()["error"] == "invalid_source"
     assert "tokens_per_step" in no_tokens.json()["detail"]
     missing = post(source=str(tmp_path / "nowhere"))
     assert missing.status_code == 422 and "no such directory" in missing.json()["detail"]
-    assert client.post("/runs", json={"name": "../x", "source": str(source)}, headers=AUTH).status_code == 400
+    assert client.post("/runs", json={"run": "../x", "source": str(source)}, headers=AUTH).status_code == 400
     assert post().status_code == 201
     again = post()
     assert again.status_code == 409 and again.json()["error"] == "run_exists"
@@ -193,7 +193,7 @@ def test_s3_run_is_annealed_with_ranged_reads_only(
     fs.put(str(megatron_run), path, recursive=True)
     reads = _Reads(fs, monkeypatch)
     client, enqueuer = _app(settings, store)
-    answer = client.post("/runs", json={"name": "ext", "source": uri}, headers=AUTH)
+    answer = client.post("/runs", json={"run": "ext", "source": uri}, headers=AUTH)
     assert answer.status_code == 201, answer.text
     assert answer.json()["run"]["source"]["uri"] == uri
     done = _anneal(
