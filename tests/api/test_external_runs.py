@@ -62,6 +62,7 @@ def _anneal(
     assert answer.status_code == 202, answer.text
     job = answer.json()
     assert published(client, enqueuer)[-1] == (job["run"], job["job_id"])
+    external_run.require_megatron_merge()
     outcome = runner.anneal(
         store, settings, BROKER, job["run"], job["job_id"], InProcess(store, settings).dispatch()
     )
@@ -118,7 +119,8 @@ def test_register_and_anneal_a_megatron_run(megatron_run: Path, tmp_path: Path) 
 
     # A checkpoint written since registration is found by POST /anneal itself (TTL 0 here).
     external_run.add_iteration(source, 40)
-    external_run.require_megatron_merge()
+    seen = client.post("/anneal", json={"run": "ext", "window": str(30 * T), "evaluate": False}, headers=AUTH)
+    assert [c["tokens"] for c in seen.json()["selection"]["checkpoints"]] == [20 * T, 30 * T, 40 * T]
     done = _anneal(
         client, enqueuer, store, settings, {"run": "ext", "window": str(30 * T), "evaluate": False}
     )
