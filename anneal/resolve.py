@@ -14,6 +14,7 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from anneal import external
 from anneal.errors import (
     InvalidCurveError,
     InvalidWindowError,
@@ -112,6 +113,8 @@ def resolve(
 ) -> JobSpec:
     """Choose the window's checkpoints and weights; the result names the job and its model."""
     run = choose_run(store, run)
+    if evaluate:  # an external run without tokenizer or Megatron arguments: refused now, not after the merge
+        external.check_evaluable(next(r for r in store.list_runs() if r.run == run))
     if not store.list_checkpoints(run):
         raise NoCheckpointsError(f"run {run!r} has no published checkpoints yet")
     try:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from anneal import jobs, pipeline
+from anneal import external, jobs, pipeline
 from anneal.jobs import EvalSummary, JobRecord, utcnow
 from anneal.locks import job_lock
 from anneal.ports import Evaluator
@@ -381,6 +381,7 @@ class Recovery:
         return removed
 
     def sweep(self) -> list[str]:
+        external.sync_stale(self.store, self.settings.external_sync_ttl_s)  # new checkpoints of external runs
         stale = self.settings.job_stale_after_s
         now, mono = utcnow(), time.monotonic()
         resent = []

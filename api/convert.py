@@ -17,6 +17,7 @@ from api.schemas import (
     CheckpointOut,
     CheckpointWeight,
     EvalOut,
+    ExternalSourceOut,
     JobEvaluations,
     JobOut,
     LRPoint,
@@ -104,6 +105,19 @@ def run_summary(run: RunManifest, checkpoints: list[CheckpointManifest]) -> RunS
         created_at=run.created_at,
         checkpoints=len(checkpoints),
         latest_tokens=checkpoints[-1].tokens if checkpoints else None,
+        source=source_out(run),
+    )
+
+
+def source_out(run: RunManifest) -> ExternalSourceOut | None:
+    """Where an external run lives (a server path redacted like any other); None for wsm's own runs."""
+    if run.source is None:
+        return None
+    return ExternalSourceOut(
+        uri=redact.current().text(run.source.uri),
+        layout=run.source.layout,
+        tokens_per_step=run.source.tokens_per_step,
+        tokenizer=bool(run.tokenizer.get("file")),
     )
 
 
@@ -133,13 +147,16 @@ def _suggestion(run: RunManifest, checkpoints: list[CheckpointManifest]) -> Sugg
 
 def checkpoint_out(m: CheckpointManifest) -> CheckpointOut:
     names = {f.name for f in m.files}
+    sha256 = m.file(layout.MODEL_FILE).sha256 if layout.MODEL_FILE in names else None
+    if m.location is not None:  # an external run's checkpoint: its data and identity live outside the store
+        sha256 = m.location.identity
     return CheckpointOut(
         run=m.run,
         tokens=m.tokens,
         step=m.step,
         created_at=m.created_at,
-        bytes=m.total_bytes,
-        sha256=m.file(layout.MODEL_FILE).sha256 if layout.MODEL_FILE in names else None,
+        bytes=m.total_bytes + (m.location.total_bytes if m.location is not None else 0),
+        sha256=sha256,
         extra=redact.current().json(m.extra),
     )
 

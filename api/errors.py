@@ -18,12 +18,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from anneal.errors import NoCheckpointsError, RequestError, UnknownRunError
+from anneal.external import RunExistsError
 from theory import TheoryError
 from wsm.store import ArtifactNotFoundError, InvalidNameError, StoreError
 
 log = logging.getLogger(__name__)
 
-STATUS_OF_ERROR: dict[type[RequestError], int] = {UnknownRunError: 404, NoCheckpointsError: 409}
+STATUS_OF_ERROR: dict[type[RequestError], int] = {
+    UnknownRunError: 404,
+    NoCheckpointsError: 409,
+    RunExistsError: 409,
+}
 """The anneal use case's request errors that are not 422 (an invalid request)."""
 
 
@@ -129,7 +134,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Invalid name (run, model or job id)",
         401: "Missing or wrong bearer token",
         404: "Unknown run, job or model",
-        409: "The run has no checkpoints yet",
+        409: "The run has no checkpoints yet (POST /anneal), or exists already (POST /runs)",
         413: "Request body too large",
         422: "Invalid request: the message names the bad field and the valid choices",
         503: "Broker or store unavailable",

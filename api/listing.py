@@ -35,6 +35,11 @@ class CachedListing:
             self._cache[key] = (now, value)
         return value
 
+    def invalidate(self) -> None:
+        """Forget every cached listing (a run was registered, or an external run gained checkpoints)."""
+        with self._lock:
+            self._cache.clear()
+
     def list_runs(self) -> list[RunManifest]:
         runs: list[RunManifest] = self._get("runs", self.store.list_runs)
         return runs

@@ -178,6 +178,9 @@ class RunSummary(BaseModel):
     created_at: datetime = Field(description="When the run was registered (UTC).")
     checkpoints: int = Field(description="Number of published checkpoints.")
     latest_tokens: int | None = Field(description="Tokens of the newest checkpoint, if any.")
+    source: ExternalSourceOut | None = Field(
+        default=None, description="Where an external run's checkpoints live; null for a run wsm trained."
+    )
 
 
 class RunList(BaseModel):
@@ -233,6 +236,73 @@ class CheckpointList(BaseModel):
     """Checkpoints of a run, oldest first."""
 
     checkpoints: list[CheckpointOut] = Field(description="Checkpoints, oldest first.")
+
+
+ExternalLayoutName = Literal["auto", "megatron", "torchtitan", "olmo-core"]
+
+
+class ExternalSourceOut(BaseModel):
+    """Where an external run lives: wsm reads its checkpoints in place and copies none of them."""
+
+    uri: str = Field(
+        description="The run's checkpoint directory (s3:// URI, or a server path shown redacted)."
+    )
+    layout: ExternalLayoutName = Field(description="Checkpoint layout: megatron, torchtitan or olmo-core.")
+    tokens_per_step: int | None = Field(
+        description="Tokens per training step; null: counted from Megatron's saved arguments."
+    )
+    tokenizer: bool = Field(description="Whether a tokenizer is registered (evaluation needs one).")
+
+
+class RunRegister(BaseModel):
+    """``POST /runs``: register an external run (Megatron-LM, torchtitan or OLMo-core DCP checkpoints)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str = Field(description="Run name in the store.", examples=["llama-8b"])
+    source: str = Field(
+        description="The run's checkpoint directory as the server sees it: an absolute path or an s3:// URI "
+        "(read with the server's S3 settings).",
+        examples=["/lustre/checkpoints/llama-8b"],
+        max_length=4096,
+    )
+    layout: ExternalLayoutName = Field(
+        default="auto",
+        description="megatron (iter_<7 digits>/), torchtitan (step-<N>/), olmo-core (step<N>/model_and_optim/); "
+        "auto: the one found there.",
+    )
+    tokens_per_step: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens per training step (a checkpoint's tokens = step x this); required for torchtitan "
+        "and OLMo-core, optional for Megatron (whose common.pt gives global batch size x sequence length).",
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        description="A Hugging Face tokenizer.json (server path or s3:// URI), copied into the store; "
+        "evaluation needs it.",
+        max_length=4096,
+    )
+    description: str = Field(default="", max_length=2000, description="Free-text description.")
+    overwrite: bool = Field(
+        default=False, description="Register an external run of that name again (e.g. to add a tokenizer)."
+    )
+
+
+class SyncOut(BaseModel):
+    """What listing an external run's source found."""
+
+    added: list[int] = Field(description="Tokens of the checkpoints registered now.")
+    removed: list[int] = Field(description="Tokens of the checkpoints gone from the source (unregistered).")
+    errors: list[str] = Field(description="Checkpoints that could not be registered, one line each.")
+    checkpoints: int = Field(description="Checkpoints of the run after the sync.")
+
+
+class RunRegistered(BaseModel):
+    """Answer to ``POST /runs`` and ``POST /runs/{run}/sync``: the run and what its listing found."""
+
+    run: RunSummary = Field(description="The run.")
+    sync: SyncOut = Field(description="What the listing of its source found.")
 
 
 class SourceOut(BaseModel):

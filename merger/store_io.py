@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from merger import external
 from merger.engine import ProgressFn, finalize_index, finalize_sharded, run_shards
 from merger.errors import MergeError, SourcesChangedError
 from merger.formats import CheckpointLayout, open_checkpoint
@@ -73,7 +74,12 @@ def weight_files(manifest: CheckpointManifest) -> tuple[str, list[str]]:
 
 
 def weights_sha256(manifest: CheckpointManifest) -> str:
-    """The digest of a checkpoint's weights: its file's sha256, or that of ``name sha256`` lines of its shards."""
+    """The digest of a checkpoint's weights: its file's sha256, or that of ``name sha256`` lines of its shards.
+
+    A checkpoint of an external run has the identity digest of its DCP directory (merger/external.py).
+    """
+    if manifest.location is not None:
+        return manifest.location.identity
     main, files = weight_files(manifest)
     if main == layout.MODEL_FILE:
         return manifest.file(main).sha256
@@ -83,6 +89,8 @@ def weights_sha256(manifest: CheckpointManifest) -> str:
 
 def checkpoint_ref(store: Store, manifest: CheckpointManifest) -> CheckpointLayout:
     """A checkpoint of the store as a merge input (headers read by ranged reads)."""
+    if manifest.location is not None:  # an external run's checkpoint, read where it lies
+        return external.open_location(store, manifest)
     main, files = weight_files(manifest)
     store.verify(manifest, full=False, names=files)  # one listing: catches truncation
     return open_checkpoint(

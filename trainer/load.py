@@ -18,6 +18,7 @@ from megatron.core.models.gpt import GPTModel
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from trainer import external
 from trainer.config import DataConfig, ModelConfig
 from trainer.distributed import init_distributed
 from trainer.model import build_model
@@ -42,6 +43,8 @@ class StoredModel:
     @property
     def weight_sha256(self) -> list[str]:
         """sha256 of every weights file, by file name: what the evaluation cache key is built from."""
+        if isinstance(self.manifest, CheckpointManifest) and self.manifest.location is not None:
+            return [self.manifest.location.identity]  # an external checkpoint (trainer/external.py)
         return [
             f.sha256
             for f in sorted(self.manifest.files, key=lambda f: f.name)
@@ -129,7 +132,10 @@ def resolve(store: Store, run: str, model_dir: str, cache_dir: str | None = None
             f"checkpoint at {format_tokens(int(name))} tokens" if kind == "checkpoints" else f"model {name!r}"
         )
         raise ModelNotFoundError(model_dir, f"run {run!r} has no {what} ({available(store, run)})") from None
-    model_cfg, padded = run_model_config(run_manifest)
+    if run_manifest.source is not None:  # an external run: the shape comes from Megatron's saved arguments
+        model_cfg, padded = external.model_config(store, run_manifest, manifest)
+    else:
+        model_cfg, padded = run_model_config(run_manifest)
     return StoredModel(
         run_manifest,
         manifest.dir,
@@ -160,6 +166,8 @@ def fetch_tokenizer(store: Store, run: RunManifest, cache_dir: str | None = None
 
 def load_weights(store: Store, manifest: CheckpointManifest | ModelManifest) -> dict[str, torch.Tensor]:
     """Full canonical tensors of a checkpoint or model (single file or shards), size-verified."""
+    if isinstance(manifest, CheckpointManifest) and manifest.location is not None:
+        return external.load_dcp(store, manifest)  # an external run's checkpoint, read where it lies
     names = [
         f.name
         for f in manifest.files
@@ -177,7 +185,7 @@ def load_weights(store: Store, manifest: CheckpointManifest | ModelManifest) -> 
                 store.download(manifest, name, local)
             # load_file copies into memory, so the temporary download may go away afterwards.
             out.update(load_file(local, device="cpu"))
-    return out
+    return external.per_layer(out)  # an external run's model holds Megatron's stacked layers
 
 
 def build_stored_model(store: Store, sm: StoredModel, device: torch.device) -> GPTModel:

@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "trainer.cli",
     "up": "wsm.commands.up",
     "merge": "wsm.commands.merge",
+    "runs": "wsm.commands.runs",
     "serve": "wsm.commands.serve",
     "worker": "anneal.broker.worker_cli",
     "anneal": "wsm.commands.anneal",

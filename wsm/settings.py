@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     recovery_interval_s: float = 60.0
     """How often each worker sweeps job records for lost jobs (also once at start)."""
 
+    external_sync_ttl_s: float = Field(default=60.0, ge=0)
+    """An external run's checkpoint directory (``wsm runs add``) is listed again for new checkpoints when
+    its last listing by this process is older than this: by POST /anneal, ``wsm merge --run`` and the
+    workers' recovery sweep."""
+
     eval_config: EvalConfig = Field(default_factory=EvalConfig)
     """JSON object of :class:`wsm.eval_config.EvalConfig` fields used for every job's evaluation (unset: its
     defaults); validated when settings load, so a bad value stops the API at start-up."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from anneal import jobs, resolve
+from anneal import external, jobs, resolve
 from anneal import submit as service
 from anneal.errors import BrokerUnavailable
 from anneal.jobs import JobRecord
@@ -49,11 +49,15 @@ async def post_anneal(body: AnnealRequest, request: Request) -> Response:
     run = validate_name(body.run, "run name") if body.run is not None else None
 
     def resolve_and_submit() -> tuple[JobRecord, bool, list[str]]:
+        chosen = resolve.choose_run(state.listing, run)
+        # An external run's directory is listed again once its last listing is older than the TTL.
+        if external.refresh(state.store, state.listing, chosen, state.settings.external_sync_ttl_s):
+            state.listing.invalidate()
         spec = resolve.resolve(
             state.listing,
             curve=curve,
             request=window,
-            run=run,
+            run=chosen,
             evaluate=body.evaluate,
             eval_config=state.settings.eval_config,
         )

@@ -29,6 +29,7 @@ matter here (:data:`MEGATRON_ARGS`), read as plain data without importing Megatr
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -435,3 +436,24 @@ def _megatron_metadata(d: _Dir) -> dict[str, Any]:
             fields = vars(args) if hasattr(args, "__dict__") and not isinstance(args, Opaque) else {}
             out["args"] = {k: _plain(fields[k]) for k in MEGATRON_ARGS if k in fields}
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DcpSummary:
+    """What identifies a DCP directory and counts its tokens, read without touching any record."""
+
+    uri: str
+    sizes: dict[str, int]
+    """Every file of the directory (one listing) with its size."""
+    metadata: bytes
+    """The raw ``.metadata`` file (torch writes a fresh ``save_id`` into it on every save)."""
+    megatron: dict[str, Any]
+    """Megatron's ``metadata.json`` and ``common.pt`` facts, as in ``CheckpointLayout.metadata`` (``{}`` if none)."""
+
+
+def summarize(uri: str, storage_options: Mapping[str, Any] | None = None) -> DcpSummary:
+    """One listing of DCP directory ``uri``, its ``.metadata`` and Megatron's small files; no record is read."""
+    d = _Dir(str(uri), storage_options)
+    if METADATA_NAME not in d.sizes:
+        raise MergeError(f"{uri}: no {METADATA_NAME} there (not a DCP checkpoint, or not complete)")
+    return DcpSummary(d.uri, dict(d.sizes), d.read_small(METADATA_NAME), _megatron_metadata(d))

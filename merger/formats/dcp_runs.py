@@ -56,8 +56,10 @@ def _relative_files(root_uri: str, storage_options: Mapping[str, Any] | None) ->
         if not os.path.isdir(root):
             raise MergeError(f"{root_uri}: no such directory")
         out: list[str] = []
-        for dirpath, _, names in os.walk(root):
+        for dirpath, dirnames, names in os.walk(root):
             rel = os.path.relpath(dirpath, root)
+            if rel == ".":  # only checkpoint directories are walked: a wrong root costs one listing
+                dirnames[:] = [d for d in dirnames if any(p.fullmatch(d) for _, p, _ in _LAYOUTS)]
             base = "" if rel == "." else rel.replace(os.sep, "/") + "/"
             out.extend(base + n for n in names)
         return out

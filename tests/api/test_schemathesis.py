@@ -8,7 +8,8 @@ Twice: with a token (the deployment's set-up: auth required on ``POST /anneal``)
 one (auth documented as optional). One allowance, on ``POST /anneal`` only: a schema-valid body
 may still get 422, because the window, the curve's parameters and the run's checkpoints are
 checked together (``invalid_window``: longer than the run; ``invalid_curve``: alpha without ema)
-and no schema can say that.
+and no schema can say that; likewise on ``POST /runs`` and ``POST /runs/{run}/sync``, whose source
+directory must exist and hold checkpoints.
 """
 
 from __future__ import annotations
@@ -51,7 +52,13 @@ def _schema(name: str, token: str | None) -> BaseSchema:
                 "include-path": "/anneal",
                 "include-method": "POST",
                 "checks": {"positive_data_acceptance": {"expected-statuses": [*POSITIVE_ACCEPTED, "422"]}},
-            }
+            },
+            {
+                # A schema-valid registration names a source the server lists: a random one is 422.
+                "include-path-regex": "^/runs(/[^/]+/sync)?$",
+                "include-method": "POST",
+                "checks": {"positive_data_acceptance": {"expected-statuses": [*POSITIVE_ACCEPTED, "422"]}},
+            },
         ],
     }
     if token:

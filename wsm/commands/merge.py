@@ -137,6 +137,9 @@ def _plan(args: argparse.Namespace) -> tuple[Any, Any]:
         from wsm.store import open_store
 
         store = open_store(args.store)
+        from anneal import external
+
+        external.refresh(store, store, args.run, store.settings.external_sync_ttl_s)  # an external run's news
         selection = store_io.select(
             store,
             args.run,

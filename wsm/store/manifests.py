@@ -81,6 +81,55 @@ class Manifest(BaseModel):
         return sum(f.size for f in self.files)
 
 
+ExternalLayout = Literal["megatron", "torchtitan", "olmo-core"]
+
+
+class ExternalSource(BaseModel):
+    """Where an external run's checkpoints live (``wsm runs add``, ``POST /runs``); wsm reads them in place."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    uri: str = Field(min_length=1)
+    """The training run's checkpoint directory: an absolute local path or an fsspec URI (``s3://bucket/run``)."""
+    layout: ExternalLayout
+    """Directory layout of its checkpoints: ``megatron`` (``iter_<7 digits>/``), ``torchtitan``
+    (``step-<N>/``) or ``olmo-core`` (``step<N>/model_and_optim/``)."""
+    tokens_per_step: int | None = Field(default=None, gt=0)
+    """Tokens per training step: a checkpoint's tokens are step x this. Unset: Megatron's saved
+    arguments (iteration x global_batch_size x seq_length)."""
+    tokenizer: str | None = None
+    """Where the tokenizer registered with the run came from (its copy is ``runs/<run>/tokenizer.json``)."""
+
+
+class ExternalFile(BaseModel):
+    """One file of an external checkpoint directory: name and size (no sha256: it is never read whole)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    size: int = Field(ge=0)
+
+
+class ExternalLocation(BaseModel):
+    """Where an external checkpoint's data is: a DCP directory outside the store, read in place."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    uri: str = Field(min_length=1)
+    """The DCP directory (local path or fsspec URI)."""
+    format: Literal["dcp"] = "dcp"
+    """The reader in merger/formats/ that opens it."""
+    files: list[ExternalFile] = Field(default_factory=list)
+    """Every file of the directory when it was registered, with its size."""
+    identity: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the directory's ``.metadata`` digest and its files' names and sizes (docs/STORE.md):
+    it identifies the checkpoint without reading its data, but is not a hash of its content."""
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
 class RunManifest(Manifest):
     """``runs/<run>/manifest.json``: a pre-training run and its (trainer-defined) configuration."""
 
@@ -92,6 +141,8 @@ class RunManifest(Manifest):
     schedule: JsonDict = Field(default_factory=dict)
     description: str = ""
     extra: JsonDict = Field(default_factory=dict)
+    source: ExternalSource | None = None
+    """Set for an external run (trained elsewhere, registered with ``wsm runs add``); None for wsm's own."""
 
     @property
     def dir(self) -> str:
@@ -107,6 +158,8 @@ class CheckpointManifest(Manifest):
     step: int | None = None
     extra: JsonDict = Field(default_factory=dict)
     """Trainer-defined: LR, loss, optimizer settings at save time, ..."""
+    location: ExternalLocation | None = None
+    """Set for a checkpoint of an external run: its data stays there and ``files`` is empty."""
 
     @property
     def dir(self) -> str:

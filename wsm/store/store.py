@@ -23,6 +23,7 @@ from wsm.store.files import FileStore
 from wsm.store.manifests import (
     CheckpointManifest,
     EvalManifest,
+    ExternalSource,
     Manifest,
     ModelKind,
     ModelManifest,
@@ -145,6 +146,7 @@ class Store(FileStore):
         description: str = "",
         extra: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        source: ExternalSource | None = None,
     ) -> RunManifest:
         path = layout.run_manifest_path(run)
         if not overwrite and self.exists(path):
@@ -157,6 +159,7 @@ class Store(FileStore):
             schedule=dict(schedule or {}),
             description=description,
             extra=dict(extra or {}),
+            source=source,
         )
         self.write_bytes(path, manifest.model_dump_json(indent=2).encode())
         return manifest
