@@ -56,6 +56,7 @@ async def post_anneal(body: AnnealRequest, request: Request) -> Response:
             run=run,
             evaluate=body.evaluate,
             eval_config=state.settings.eval_config,
+            allow_nonfinite=body.allow_nonfinite,
         )
         return service.submit(state.store, spec, state.publisher)
 
