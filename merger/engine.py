@@ -135,6 +135,12 @@ class _Reader:
         if isinstance(source, LocalSource):
             source.release(offset, length)
 
+    def check_now(self, c: _Chunk) -> None:
+        """Verify, at once, every block this chunk was read from (see :meth:`InputVerifier.check_now`)."""
+        if self.verifier is not None:
+            for i in range(len(self.plan.inputs)):
+                self.verifier.check_now(*self._locate(i, c))
+
     def finish(self) -> list[bool]:
         """Check what is left to verify; returns, per input, whether all it gave was verified."""
         if self.verifier is None:
@@ -319,15 +325,19 @@ def run_shards(
                 views = [f.result() for f in futs]
                 t = watch.add("wait_read", t)
                 if chunk.tensor.is_float:
-                    out = _merge_float(
-                        chunk,
-                        views,
-                        plan.weights,
-                        acc_dtype,
-                        compute,
-                        workers,
-                        None if plan.allow_nonfinite else _files_of(plan, chunk),
-                    )
+                    try:
+                        out = _merge_float(
+                            chunk,
+                            views,
+                            plan.weights,
+                            acc_dtype,
+                            compute,
+                            workers,
+                            None if plan.allow_nonfinite else _files_of(plan, chunk),
+                        )
+                    except NonFiniteError:
+                        reader.check_now(chunk)  # corrupt bytes are the truer reason, if they are one
+                        raise
                 else:
                     out = _copy_exact(chunk, views, plan)
                 del views

@@ -183,10 +183,10 @@ class BlockVerifier:
                     out.append((pos, end))
         return out
 
-    def finish(self, read: ReadFn) -> None:
-        """Check every block that was fed but is not complete yet, reading what it lacks."""
+    def finish(self, read: ReadFn, blocks: Iterable[int] | None = None) -> None:
+        """Check every block that was fed but is not complete yet (or ``blocks``), reading what it lacks."""
         with self._lock:
-            started = sorted(self._blocks)
+            started = sorted(self._blocks) if blocks is None else sorted(set(blocks) - self.verified)
         for index in started:
             with self._lock:
                 block = self._blocks.get(index)
