@@ -371,7 +371,7 @@ def run_shards(
     stats.seconds = time.perf_counter() - t0
     stats.bytes_read = done
     stats.bytes_written = sum(int(f["size"]) for f in stats.files)
-    stats.verified_bytes = reader.verifier.hashed if reader.verifier is not None else 0
+    stats.verified_bytes = reader.verifier.verified_bytes if reader.verifier is not None else 0
     stats.tensors = sum(len(plan.shards[s].tensors) for s in shard_indices)
     stats.peak_rss, stats.peak_anon_rss = mem.peak_rss, mem.peak_anon
     stats.timings = {**watch.totals, "write": writer.seconds, "total": stats.seconds}
