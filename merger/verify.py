@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from merger.errors import CorruptInputError
@@ -81,14 +82,25 @@ class InputVerifier:
         self._read = readers
         self.verifiers: dict[Key, BlockVerifier] = {}
         self._unverified = {i for (i, _), f in files.items() if not f.verifiable}
+        if self._unverified:
+            log.info(
+                "%d input(s) have no store checksums (files outside the store, or schema 1 manifests): "
+                "merged unverified",
+                len(self._unverified),
+            )
         for key, f in files.items():
             if not f.verifiable:
                 continue
             self.verifiers[key] = BlockVerifier(
                 f.uri, f.entry, hold_bytes=REMOTE_HOLD_BYTES if remote[key] else None
             )
-        for key, verifier in self.verifiers.items():
-            self._prefill(key, verifier, reads.get(key, []))
+        work = [(key, v, reads.get(key, [])) for key, v in self.verifiers.items()]
+        if len(work) <= 1:
+            for job in work:
+                self._prefill(*job)
+        else:  # one small ranged read per file: concurrent, as the planner reads headers
+            with ThreadPoolExecutor(max_workers=min(16, len(work)), thread_name_prefix="wsm-verify") as pool:
+                list(pool.map(lambda job: self._prefill(*job), work))
 
     def _prefill(self, key: Key, verifier: BlockVerifier, reads: list[tuple[int, int]]) -> None:
         covered = _merge_intervals((o, o + n) for o, n in reads)
