@@ -216,11 +216,11 @@ def _nonfinite(
             flat = chunk.base + chunk.start + s + k
             return NonFiniteError(
                 f"{sources[i]}: tensor {name!r} holds {value} at flat index {flat}; "
-                f"the merge was not published ({hint})"
+                f"the merge is refused ({hint})"
             )
     return NonFiniteError(
         f"merged tensor {name!r} overflows {chunk.tensor.out_dtype} near flat index "
-        f"{chunk.base + chunk.start + s}; the merge was not published ({hint})"
+        f"{chunk.base + chunk.start + s}; the merge is refused ({hint})"
     )
 
 

@@ -83,7 +83,7 @@ class InputVerifier:
         self.verifiers: dict[Key, BlockVerifier] = {}
         self._unverified = {i for (i, _), f in files.items() if not f.verifiable}
         if self._unverified:
-            log.info(
+            log.debug(
                 "%d input(s) have no store checksums (files outside the store, or schema 1 manifests): "
                 "merged unverified",
                 len(self._unverified),
