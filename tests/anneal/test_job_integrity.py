@@ -104,3 +104,13 @@ def test_nan_checkpoint_fails_the_job_unless_the_request_allows_it(store: Store,
     model = store.get_model("r1", done.spec.model_name)
     assert model.config["merge"]["allow_nonfinite"] is True
     assert all(i["verified"] for i in model.config["merge"]["inputs"])
+
+
+def test_a_clean_split_merge_records_every_input_verified(store: Store, settings: Settings) -> None:
+    settings = settings.model_copy(update={"merge_split_bytes": 1, "merge_parts": 3})
+    done = _run(store, settings, _job(store))
+    assert done.state == "done", done.error
+    model = store.get_model("r1", done.spec.model_name)
+    assert model.is_sharded and model.config["parts"] == 3
+    inputs = model.config["merge"]["inputs"]
+    assert len(inputs) == len(done.spec.tokens) and all(i["verified"] for i in inputs)
