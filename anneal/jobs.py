@@ -104,6 +104,9 @@ class JobSpec(BaseModel):
     """The evaluation's configuration (None: no evaluation)."""
     model_name: str
     """Name of the annealed model in ``runs/<run>/models/``: ``selection.model_name()``."""
+    allow_nonfinite: bool = False
+    """Publish the merge even if a checkpoint or the result holds NaN or Inf (else the job fails
+    naming the tensor)."""
 
     @property
     def run(self) -> str:
@@ -124,6 +127,9 @@ class JobSpec(BaseModel):
                 "merge": self.selection.key(),
                 "evaluate": self.evaluate,
                 "eval_config": self.eval_config.model_dump(mode="json") if self.eval_config else None,
+                # Only when set, so the ids of every other job stay what they were; a request that
+                # allows NaN is another job than the one that refused them.
+                **({"allow_nonfinite": True} if self.allow_nonfinite else {}),
             }
         )
         return f"job-{key[:24]}"

@@ -110,6 +110,7 @@ def resolve(
     run: str | None = None,
     evaluate: bool = True,
     eval_config: EvalConfig | None = None,
+    allow_nonfinite: bool = False,
 ) -> JobSpec:
     """Choose the window's checkpoints and weights; the result names the job and its model."""
     run = choose_run(store, run)
@@ -129,6 +130,7 @@ def resolve(
         evaluate=evaluate,
         eval_config=(eval_config or EvalConfig()) if evaluate else None,
         model_name=selection.model_name(),
+        allow_nonfinite=allow_nonfinite,
     )
 
 

@@ -75,6 +75,13 @@ class AnnealRequest(BaseModel):
         default=True,
         description="Also run the SFT evaluation of the annealed model and of the WSO checkpoint.",
     )
+    allow_nonfinite: bool = Field(
+        default=False,
+        description=(
+            "Publish the merge even if a checkpoint or the result holds NaN or Inf; by default the job "
+            "fails naming the tensor and checkpoint."
+        ),
+    )
 
 
 class CheckpointWeight(BaseModel):

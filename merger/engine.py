@@ -12,6 +12,7 @@ a few chunks (the prefetch depth), independent of model size and checkpoint coun
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -23,12 +24,13 @@ from typing import Any
 
 import torch
 
-from merger.errors import MergeError, MismatchError
+from merger.errors import MergeError, MismatchError, NonFiniteError
 from merger.formats.dtypes import DTYPES, tensor_view
 from merger.formats.safetensors import INDEX_NAME
-from merger.formats.sources import LocalSource, Source, is_remote, open_source
+from merger.formats.sources import FsspecSource, LocalSource, Source, is_remote, open_source
 from merger.plan import MergePart, MergePlan, TensorPlan
 from merger.stats import MemorySampler, MergeStats, Stopwatch
+from merger.verify import InputVerifier
 from merger.write_thread import SinkFactory, WriteThread
 from merger.writer import hf_index, write_json_atomic
 
@@ -76,31 +78,75 @@ def _chunks(plan: MergePlan, shard_indices: Sequence[int]) -> Iterator[_Chunk]:
 
 
 class _Reader:
-    """Opens every input file once and reads tensor slices from it (thread-safe)."""
+    """Opens every input file once and reads tensor slices from it (thread-safe).
 
-    def __init__(self, plan: MergePlan) -> None:
+    With ``verify``, every slice read from a store checkpoint is checked against the checksums of
+    its manifest as it streams (merger/verify.py).
+    """
+
+    def __init__(self, plan: MergePlan, shard_indices: Sequence[int], *, verify: bool = True) -> None:
         self.plan = plan
         self.sources: dict[tuple[int, int], Source] = {}
         for i, ck in enumerate(plan.inputs):
             for j, f in enumerate(ck.files):
                 self.sources[i, j] = open_source(f.uri, plan.storage_options, size=f.size)
         self.remote = any(is_remote(f.uri) for ck in plan.inputs for f in ck.files)
+        self.verifier: InputVerifier | None = None
+        if verify:
+            try:
+                self.verifier = InputVerifier(
+                    {(i, j): f for i, ck in enumerate(plan.inputs) for j, f in enumerate(ck.files)},
+                    self._planned_reads(shard_indices),
+                    {k: s.read for k, s in self.sources.items()},
+                    {k: isinstance(s, FsspecSource) for k, s in self.sources.items()},
+                )
+            except BaseException:
+                self.close()
+                raise
 
-    def _where(self, i: int, c: _Chunk) -> tuple[Source, int, int]:
+    def _planned_reads(self, shard_indices: Sequence[int]) -> dict[tuple[int, int], list[tuple[int, int]]]:
+        reads: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for c in _chunks(self.plan, shard_indices):
+            for i in range(len(self.plan.inputs)):
+                key, offset, length = self._locate(i, c)
+                reads.setdefault(key, []).append((offset, length))
+        return reads
+
+    def _locate(self, i: int, c: _Chunk) -> tuple[tuple[int, int], int, int]:
         entry = self.plan.inputs[i].tensors[c.tensor.name]
         stored = entry.chunks[c.part]
         size = entry.itemsize
-        return self.sources[i, stored.file], stored.byte_offset + c.start * size, c.count * size
+        return (i, stored.file), stored.byte_offset + c.start * size, c.count * size
+
+    def _where(self, i: int, c: _Chunk) -> tuple[Source, int, int]:
+        key, offset, length = self._locate(i, c)
+        return self.sources[key], offset, length
 
     def read(self, i: int, c: _Chunk) -> memoryview:
-        source, offset, length = self._where(i, c)
-        return source.read(offset, length)
+        key, offset, length = self._locate(i, c)
+        view = self.sources[key].read(offset, length)
+        if self.verifier is not None:
+            self.verifier.feed(key, offset, view)
+        return view
 
     def release(self, i: int, c: _Chunk) -> None:
         """Drop a consumed slice from this process's mapping (page cache keeps it)."""
         source, offset, length = self._where(i, c)
         if isinstance(source, LocalSource):
             source.release(offset, length)
+
+    def check_now(self, c: _Chunk) -> None:
+        """Verify, at once, every block this chunk was read from (see :meth:`InputVerifier.check_now`)."""
+        if self.verifier is not None:
+            for i in range(len(self.plan.inputs)):
+                self.verifier.check_now(*self._locate(i, c))
+
+    def finish(self) -> list[bool]:
+        """Check what is left to verify; returns, per input, whether all it gave was verified."""
+        if self.verifier is None:
+            return [False] * len(self.plan.inputs)
+        self.verifier.finish()
+        return self.verifier.verified_inputs(len(self.plan.inputs))
 
     def close(self) -> None:
         for s in self.sources.values():
@@ -114,11 +160,16 @@ def _merge_float(
     acc_dtype: torch.dtype,
     compute: ThreadPoolExecutor | None,
     workers: int,
+    sources: Sequence[str] | None = None,
 ) -> torch.Tensor:
+    """The weighted sum of one chunk; with ``sources`` (each input's file), NaN or Inf is refused."""
     t = chunk.tensor
     xs = [tensor_view(v, t.in_dtype) for v in views]
     out = torch.empty(chunk.count, dtype=DTYPES[t.out_dtype][0])
     blocks = list(range(0, chunk.count, SUB_BLOCK))
+    # A convex combination cannot leave the inputs' range, so the accumulator (in cache, one cheap
+    # sum) shows any NaN/Inf of the inputs; only a narrower output dtype can add an overflow.
+    probe_out = torch.finfo(out.dtype).max < torch.finfo(xs[0].dtype).max if xs else False
 
     def run(my_blocks: Sequence[int]) -> None:
         acc_buf = torch.empty(min(SUB_BLOCK, chunk.count), dtype=acc_dtype)
@@ -130,6 +181,8 @@ def _merge_float(
             for x, c in zip(xs[1:], weights[1:], strict=True):
                 acc.add_(x[s:e], alpha=c)
             out[s:e].copy_(acc)
+            if sources is not None and not _all_finite(out[s:e] if probe_out else acc):
+                raise _nonfinite(chunk, xs, s, e, sources)
 
     if compute is None or workers == 1 or len(blocks) <= 1:
         run(blocks)
@@ -141,6 +194,34 @@ def _merge_float(
         for f in futures:
             f.result()
     return out
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    # One sum is far cheaper than isfinite().all(); a NaN/Inf anywhere makes it non-finite, and a
+    # finite tensor whose sum overflows gets the exact test.
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _nonfinite(
+    chunk: _Chunk, xs: Sequence[torch.Tensor], s: int, e: int, sources: Sequence[str]
+) -> Exception:
+    """Name the first input holding NaN/Inf in this block (or the overflowing output)."""
+    name = chunk.tensor.name
+    hint = "pass allow_nonfinite (wsm merge --allow-nonfinite) to merge it anyway"
+    for i, x in enumerate(xs):
+        bad = (~torch.isfinite(x[s:e])).nonzero()
+        if len(bad):
+            k = int(bad[0, 0])
+            value = float(x[s + k])
+            flat = chunk.base + chunk.start + s + k
+            return NonFiniteError(
+                f"{sources[i]}: tensor {name!r} holds {value} at flat index {flat}; "
+                f"the merge is refused ({hint})"
+            )
+    return NonFiniteError(
+        f"merged tensor {name!r} overflows {chunk.tensor.out_dtype} near flat index "
+        f"{chunk.base + chunk.start + s}; the merge is refused ({hint})"
+    )
 
 
 def _copy_exact(chunk: _Chunk, views: Sequence[memoryview], plan: MergePlan) -> torch.Tensor:
@@ -162,6 +243,11 @@ def _copy_exact(chunk: _Chunk, views: Sequence[memoryview], plan: MergePlan) -> 
     return ref.clone()
 
 
+def _files_of(plan: MergePlan, chunk: _Chunk) -> list[str]:
+    """The file each input reads this chunk from, to name it in errors."""
+    return [ck.files[ck.tensors[chunk.tensor.name].chunks[chunk.part].file].uri for ck in plan.inputs]
+
+
 def _prefetch_depth(reader: _Reader) -> int:
     # Local reads are views (no memory); remote reads are buffers of up to inflight bytes each.
     return 2 if reader.remote else 3
@@ -178,9 +264,15 @@ def run_shards(
     io_threads: int | None = None,
     fsync: bool = True,
     hash_output: bool = True,
+    verify: bool = True,
 ) -> MergeStats:
     """Write shards ``shard_indices`` of ``plan`` into ``output_dir`` (each atomically), or into
-    the sinks ``open_sink(filename)`` returns (a store publisher)."""
+    the sinks ``open_sink(filename)`` returns (a store publisher).
+
+    ``verify`` checks every byte read from a store checkpoint against its manifest's checksums
+    (turn it off only to measure what it costs). NaN/Inf in inputs or output fail the merge unless
+    ``plan.allow_nonfinite``.
+    """
     stats = MergeStats(checkpoints=len(plan.inputs))
     watch = Stopwatch()
     t0 = time.perf_counter()
@@ -188,6 +280,7 @@ def run_shards(
         plan.tensor(n).in_nbytes for s in shard_indices for n in plan.shards[s].tensors
     )
     acc_dtype = torch.float64 if plan.accumulate == "float64" else torch.float32
+    reader = _Reader(plan, shard_indices, verify=verify)
     # Parallelism comes from our own threads, each running single-threaded torch ops on its own
     # blocks (kernels release the GIL). torch's intra-op pool would instead synchronise all cores
     # on every 1M-element op: tens of thousands of barriers, which a busy machine turns into
@@ -196,7 +289,6 @@ def run_shards(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     compute = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsm-sum") if workers > 1 else None
-    reader = _Reader(plan)
     n_inputs = len(plan.inputs)
     pool = ThreadPoolExecutor(
         max_workers=io_threads or (min(16, 2 * n_inputs) if reader.remote else 2),
@@ -233,7 +325,19 @@ def run_shards(
                 views = [f.result() for f in futs]
                 t = watch.add("wait_read", t)
                 if chunk.tensor.is_float:
-                    out = _merge_float(chunk, views, plan.weights, acc_dtype, compute, workers)
+                    try:
+                        out = _merge_float(
+                            chunk,
+                            views,
+                            plan.weights,
+                            acc_dtype,
+                            compute,
+                            workers,
+                            None if plan.allow_nonfinite else _files_of(plan, chunk),
+                        )
+                    except NonFiniteError:
+                        reader.check_now(chunk)  # corrupt bytes are the truer reason, if they are one
+                        raise
                 else:
                     out = _copy_exact(chunk, views, plan)
                 del views
@@ -248,6 +352,8 @@ def run_shards(
                 if on_progress is not None:
                     on_progress(done, total)
             t = time.perf_counter()
+            stats.verified_inputs = reader.finish()
+            t = watch.add("verify_rest", t)
             stats.files = writer.finish()
             watch.add("write_drain", t)
             ok = True
@@ -265,6 +371,7 @@ def run_shards(
     stats.seconds = time.perf_counter() - t0
     stats.bytes_read = done
     stats.bytes_written = sum(int(f["size"]) for f in stats.files)
+    stats.verified_bytes = reader.verifier.verified_bytes if reader.verifier is not None else 0
     stats.tensors = sum(len(plan.shards[s].tensors) for s in shard_indices)
     stats.peak_rss, stats.peak_anon_rss = mem.peak_rss, mem.peak_anon
     stats.timings = {**watch.totals, "write": writer.seconds, "total": stats.seconds}

@@ -11,6 +11,14 @@ class CorruptFileError(MergeError):
     """A file is not a valid safetensors file (bad header, impossible offsets, truncated data)."""
 
 
+class CorruptInputError(CorruptFileError):
+    """A store checkpoint's bytes differ from the checksums of its manifest (bit rot, a bad copy)."""
+
+
+class NonFiniteError(MergeError):
+    """An input or the merged output holds NaN or Inf, and the merge does not allow it."""
+
+
 class MismatchError(MergeError):
     """Checkpoints disagree on tensor names, shapes, dtypes, or (for non-float tensors) values."""
 

@@ -1,6 +1,8 @@
 """The provenance record of a merge: inputs (with sha256), weights, curve and window, output, cost.
 
-Input sha256: store checkpoints carry it in their manifest (free, and what the store verifies).
+Input sha256: store checkpoints carry it in their manifest (free). Each input also says whether
+the merge verified every byte it read from it (``verified``): true for store checkpoints whose
+manifest has checksums, false for anything else (plain files, DCP directories of external runs).
 For other inputs we hash the files, but only when asked (``hash_inputs``, on by default in
 ``wsm merge``): hashing costs ~0.6 s/GB of CPU, more than the merge itself, so the engine API
 leaves it off. It runs in a thread alongside the merge (the page cache serves both). Without it
@@ -63,11 +65,14 @@ def hash_inputs_async(plan: MergePlan) -> Future[dict[str, str]]:
     return fut
 
 
-def input_record(ck: CheckpointLayout, c: float, sha256: str | None) -> dict[str, Any]:
+def input_record(
+    ck: CheckpointLayout, c: float, sha256: str | None, verified: bool = False
+) -> dict[str, Any]:
     return {
         "uri": ck.uri,
         "sha256": ck.sha256 or sha256,
         "c": c,
+        "verified": verified,
         "format": ck.format,
         "files": [{"uri": f.uri, "size": f.size, "layout_sha256": f.layout_sha256} for f in ck.files],
         **ck.extra,
@@ -86,8 +91,9 @@ def build_manifest(
     sel = plan.selection
     w_by_tokens = {src.tokens: src.w for src in sel.sources} if sel else {}
     inputs = []
-    for ck, c in zip(plan.inputs, plan.weights, strict=True):
-        rec = input_record(ck, c, hashes.get(ck.uri))
+    verified = stats.verified_inputs or [False] * len(plan.inputs)
+    for ck, c, ok in zip(plan.inputs, plan.weights, verified, strict=True):
+        rec = input_record(ck, c, hashes.get(ck.uri), ok)
         if ck.extra.get("tokens") in w_by_tokens:
             rec["w"] = w_by_tokens[ck.extra["tokens"]]
         inputs.append(rec)
@@ -101,6 +107,7 @@ def build_manifest(
         "selection": sel.model_dump(mode="json") if sel else None,
         "dtype": sorted({t.out_dtype for t in plan.tensors}),
         "accumulate": plan.accumulate,
+        "allow_nonfinite": plan.allow_nonfinite,
         "tensors": len(plan.tensors),
         "output": {
             "sharded": plan.sharded,

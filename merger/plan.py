@@ -77,6 +77,8 @@ class MergePlan:
     metadata: Mapping[str, str] = field(default_factory=lambda: {"format": "pt"})
     selection: AnnealSelection | None = None
     """For a merge of a run's window: run, curve, window and sources; copied into the manifest."""
+    allow_nonfinite: bool = False
+    """Publish even if an input or the output holds NaN or Inf (else the merge fails naming the tensor)."""
 
     @property
     def sharded(self) -> bool:
@@ -139,7 +141,14 @@ class MergePlan:
         """A JSON summary for ``--dry-run``: checkpoints, weights, bytes to read, output layout."""
         return {
             "checkpoints": [
-                {"uri": c.uri, "c": w, "files": len(c.files), "bytes": c.nbytes, **c.extra}
+                {
+                    "uri": c.uri,
+                    "c": w,
+                    "files": len(c.files),
+                    "bytes": c.nbytes,
+                    "checksums": all(f.verifiable for f in c.files),
+                    **c.extra,
+                }
                 for c, w in zip(self.inputs, self.weights, strict=True)
             ],
             "tensors": len(self.tensors),
@@ -148,6 +157,7 @@ class MergePlan:
             "output_files": [s.filename for s in self.shards],
             "output_dtypes": sorted({t.out_dtype for t in self.tensors}),
             "accumulate": self.accumulate,
+            "allow_nonfinite": self.allow_nonfinite,
             **({"selection": self.selection.model_dump(mode="json")} if self.selection else {}),
         }
 
@@ -299,11 +309,13 @@ def plan_merge(
     storage_options: Mapping[str, Any] | None = None,
     selection: AnnealSelection | None = None,
     tolerance: float = WEIGHT_TOLERANCE,
+    allow_nonfinite: bool = False,
 ) -> MergePlan:
     """Validate a merge of ``inputs`` with ``weights`` (reading headers only) and lay out the output.
 
     ``out_dtype``: None/"auto" keeps each tensor's input dtype; "float32", "bfloat16", "float16"
     or "float64" converts every floating tensor. ``accumulate``: "float32" or "float64".
+    ``allow_nonfinite``: merge and publish even if inputs or output hold NaN or Inf.
     """
     if not inputs:
         raise MergeError("nothing to merge: no checkpoints given")
@@ -345,4 +357,5 @@ def plan_merge(
         chunk_elems=chunk_elems,
         storage_options=opts,
         selection=selection,
+        allow_nonfinite=bool(allow_nonfinite),
     )

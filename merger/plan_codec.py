@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from merger.formats.base import ByteItem, CheckpointLayout, FileInfo, TensorChunk, TensorEntry
 from merger.provenance import AnnealSelection
+from wsm.store.manifests import FileEntry
 
 if TYPE_CHECKING:
     from merger.plan import MergePlan
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+"""3 added each file's store manifest entry and ``allow_nonfinite``; version 2 plans still load."""
+READABLE_VERSIONS = (2, 3)
 
 
 def _layout_to_dict(c: CheckpointLayout) -> dict[str, Any]:
@@ -26,7 +29,10 @@ def _layout_to_dict(c: CheckpointLayout) -> dict[str, Any]:
         "extra": c.extra,
         "metadata": c.metadata,
         "skipped": c.skipped,
-        "files": [[f.uri, f.size, f.layout_sha256] for f in c.files],
+        "files": [
+            [f.uri, f.size, f.layout_sha256, f.entry.model_dump(mode="json") if f.entry else None]
+            for f in c.files
+        ],
         "tensors": [
             [
                 t.name,
@@ -38,6 +44,12 @@ def _layout_to_dict(c: CheckpointLayout) -> dict[str, Any]:
         ],
         "items": [[i.name, i.file, i.byte_offset, i.nbytes] for i in c.items.values()],
     }
+
+
+def _file_from_list(f: list[Any]) -> FileInfo:
+    uri, size, layout_sha256 = f[:3]
+    entry = FileEntry.model_validate(f[3]) if len(f) > 3 and f[3] is not None else None
+    return FileInfo(uri, int(size), layout_sha256, entry)
 
 
 def _layout_from_dict(d: Mapping[str, Any], storage_options: Mapping[str, Any]) -> CheckpointLayout:
@@ -54,7 +66,7 @@ def _layout_from_dict(d: Mapping[str, Any], storage_options: Mapping[str, Any]) 
     return CheckpointLayout(
         uri=d["uri"],
         format=d["format"],
-        files=[FileInfo(u, int(s), h) for u, s, h in d["files"]],
+        files=[_file_from_list(f) for f in d["files"]],
         tensors={t.name: t for t in tensors},
         items={i.name: i for i in items},
         metadata=dict(d["metadata"]),
@@ -77,13 +89,14 @@ def plan_to_dict(plan: MergePlan) -> dict[str, Any]:
         "storage_options": dict(plan.storage_options),
         "metadata": dict(plan.metadata),
         "selection": plan.selection.model_dump(mode="json") if plan.selection else None,
+        "allow_nonfinite": plan.allow_nonfinite,
     }
 
 
 def plan_from_dict(d: Mapping[str, Any]) -> MergePlan:
     from merger.plan import MergePlan, ShardPlan, TensorPlan
 
-    if d.get("format_version") != FORMAT_VERSION:
+    if d.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"unsupported merge plan format {d.get('format_version')!r}")
     options = dict(d["storage_options"])
     return MergePlan(
@@ -96,4 +109,5 @@ def plan_from_dict(d: Mapping[str, Any]) -> MergePlan:
         storage_options=options,
         metadata=dict(d["metadata"]),
         selection=AnnealSelection.model_validate(d["selection"]) if d.get("selection") else None,
+        allow_nonfinite=bool(d.get("allow_nonfinite", False)),
     )

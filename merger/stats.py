@@ -75,6 +75,11 @@ class MergeStats:
     """Seconds per phase: ``wait_read`` (compute waiting for data), ``compute``, ``write``, ``total``."""
     files: list[dict[str, Any]] = field(default_factory=list)
     """Output files written: name, size, sha256."""
+    verified_inputs: list[bool] = field(default_factory=list)
+    """Per input (plan order): whether every byte read from it was checked against the checksums
+    of its store manifest. False for inputs outside the store (they have none)."""
+    verified_bytes: int = 0
+    """Bytes hashed to verify inputs (whole blocks, so a little more than ``bytes_read``)."""
 
     @property
     def gb_read(self) -> float:
@@ -107,6 +112,9 @@ class MergeStats:
             peak_rss=max((p.peak_rss for p in parts), default=0),
             peak_anon_rss=max((p.peak_anon_rss or 0 for p in parts), default=0) or None,
         )
+        if parts and all(len(p.verified_inputs) == len(parts[0].verified_inputs) for p in parts):
+            out.verified_inputs = [all(v) for v in zip(*(p.verified_inputs for p in parts), strict=True)]
+        out.verified_bytes = sum(p.verified_bytes for p in parts)
         for p in parts:
             out.files.extend(p.files)
             for k, v in p.timings.items():

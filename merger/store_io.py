@@ -15,6 +15,7 @@ the same run gets the same selection, the same plan and the same model name.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -88,17 +89,31 @@ def weights_sha256(manifest: CheckpointManifest) -> str:
 
 
 def checkpoint_ref(store: Store, manifest: CheckpointManifest) -> CheckpointLayout:
-    """A checkpoint of the store as a merge input (headers read by ranged reads)."""
+    """A checkpoint of the store as a merge input (headers read by ranged reads).
+
+    Each file carries its manifest entry, so the engine verifies every block it reads against the
+    checksums written with it (manifests of schema 1 have none: the merge manifest then says
+    ``verified: false`` for that input).
+    """
     if manifest.location is not None:  # an external run's checkpoint, read where it lies
         return external.open_location(store, manifest)
     main, files = weight_files(manifest)
     store.verify(manifest, full=False, names=files)  # one listing: catches truncation
-    return open_checkpoint(
+    ref = open_checkpoint(
         _uri(store, manifest.path(main)),
         storage_options(store),
         sha256=weights_sha256(manifest),
         extra={"run": manifest.run, "tokens": manifest.tokens},
     )
+    by_name = {n: manifest.file(n) for n in files}
+    attached = []
+    for f in ref.files:
+        name = f.uri.replace(os.sep, "/").rsplit("/", 1)[-1]
+        if name not in by_name:
+            raise MergeError(f"{manifest.dir}: weights file {name} is not listed in its manifest")
+        attached.append(dataclasses.replace(f, entry=by_name[name]))
+    ref.files = attached
+    return ref
 
 
 def select(
@@ -246,8 +261,17 @@ def publish_parts(
 
     def write(pub: StorePublisher[ModelManifest]) -> MergeStats:
         stats = finalize_sharded(plan, scratch, part_stats, fsync=False)
+        written = {str(f["name"]): f.get("sha256") for f in stats.files}
         for shard in plan.shards:
-            pub.put_file(shard.filename, os.path.join(scratch, shard.filename))
+            entry = pub.put_file(shard.filename, os.path.join(scratch, shard.filename))
+            # The parts hashed what they wrote: a shard that changed on the scratch disk since is
+            # refused here, before the manifest makes anything visible.
+            expected = written.get(shard.filename)
+            if expected and entry.sha256 != expected:
+                raise MergeError(
+                    f"{os.path.join(scratch, shard.filename)}: sha256 {entry.sha256} differs from the "
+                    f"{expected} its part wrote; the scratch copy is corrupt, nothing was published"
+                )
         return stats
 
     manifest, _ = _publish(store, plan, name, write, config={"parts": len(part_stats)})

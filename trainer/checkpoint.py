@@ -254,18 +254,14 @@ class LoadedCheckpoint:
 
 
 def _local_file(store: Store, manifest: CheckpointManifest, name: str, tmp: Path) -> str:
-    local = store.local_path(manifest.path(name))
-    if local is not None:
-        return local
-    target = tmp / name
-    store.download(manifest, name, target)
-    return str(target)
+    # Checked against the manifest's checksums as it streams: a corrupt checkpoint is never resumed.
+    return store.verified_local_path(manifest, name, tmp)
 
 
 def load_checkpoint(
     store: Store, manifest: CheckpointManifest, *, with_state: bool = True
 ) -> LoadedCheckpoint:
-    """Read (and size-verify) a checkpoint's weights and, optionally, its training state."""
+    """Read (and verify) a checkpoint's weights and, optionally, its training state."""
     store.verify(manifest, full=False)
     names = {f.name for f in manifest.files}
     with tempfile.TemporaryDirectory(prefix="wsm-load-") as tmpdir:

@@ -165,7 +165,7 @@ def fetch_tokenizer(store: Store, run: RunManifest, cache_dir: str | None = None
 
 
 def load_weights(store: Store, manifest: CheckpointManifest | ModelManifest) -> dict[str, torch.Tensor]:
-    """Full canonical tensors of a checkpoint or model (single file or shards), size-verified."""
+    """Full canonical tensors of a checkpoint or model (single file or shards), verified."""
     if isinstance(manifest, CheckpointManifest) and manifest.location is not None:
         return external.load_dcp(store, manifest)  # an external run's checkpoint, read where it lies
     names = [
@@ -179,10 +179,8 @@ def load_weights(store: Store, manifest: CheckpointManifest | ModelManifest) -> 
     out: dict[str, torch.Tensor] = {}
     with tempfile.TemporaryDirectory(prefix="wsm-eval-") as tmp:
         for name in sorted(names):
-            local = store.local_path(manifest.path(name))
-            if local is None:
-                local = str(Path(tmp) / name)
-                store.download(manifest, name, local)
+            # Checked against the manifest as it streams (local: in place; remote: while downloading).
+            local = store.verified_local_path(manifest, name, tmp)
             # load_file copies into memory, so the temporary download may go away afterwards.
             out.update(load_file(local, device="cpu"))
     return external.per_layer(out)  # an external run's model holds Megatron's stacked layers

@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     from wsm.logs import setup_logging
     from wsm.settings import get_settings
+    from wsm.store.errors import IntegrityError
 
     setup_logging(args.log_level or get_settings().log_level)
     if not getattr(args, "func", None):
@@ -79,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("wsm").debug("validation error", exc_info=True)
         print(f"wsm {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except IntegrityError as exc:
+        # A corrupt store file: its message names the file and byte range; a traceback adds nothing.
+        logging.getLogger("wsm").debug("integrity error", exc_info=True)
+        print(f"wsm {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from merger.formats.dtypes import DTYPES
+from wsm.store.manifests import FileEntry
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,13 @@ class FileInfo:
     size: int
     layout_sha256: str = ""
     """sha256 of the file's own metadata (a safetensors header): a cheap identity of its layout."""
+    entry: FileEntry | None = None
+    """The store manifest's entry of the file (store checkpoints only): with checksums, every
+    byte the merge reads is verified against it. Files outside the store have none."""
+
+    @property
+    def verifiable(self) -> bool:
+        return self.entry is not None and self.entry.checksums is not None
 
 
 @dataclass(frozen=True)

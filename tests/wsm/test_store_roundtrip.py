@@ -8,6 +8,7 @@ import os
 import pytest
 
 from wsm.store import (
+    SCHEMA_VERSION,
     ArtifactExistsError,
     ArtifactNotFoundError,
     CheckpointManifest,
@@ -60,7 +61,8 @@ def test_checkpoint_round_trip_sorted_and_latest(store: Store) -> None:
     got = store.get_checkpoint("r1", 20 * B)
     assert got == ckpts[1] and got.step == 20 * B // 1000 and got.extra == {"lr": 3e-4}
     assert {f.name for f in got.files} == {layout.MODEL_FILE, layout.TRAIN_STATE_FILE}
-    assert got.code_version and got.schema_version == 1 and got.created_at.tzinfo is not None
+    assert got.code_version and got.schema_version == SCHEMA_VERSION and got.created_at.tzinfo is not None
+    assert all(f.checksums is not None for f in got.files)
     with pytest.raises(ArtifactNotFoundError):
         store.get_checkpoint("r1", 1)
     store.delete_checkpoint("r1", 20 * B)

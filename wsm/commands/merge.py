@@ -99,6 +99,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     o.add_argument("--max-shard-size", default=None, help="write HF shards of at most this size, e.g. 5GB")
     o.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    o.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="merge and write even if a checkpoint or the result holds NaN or Inf (default: refuse, naming the tensor)",
+    )
     o.add_argument("--overwrite", action="store_true", help="replace an existing output")
     o.add_argument(
         "--no-hash-inputs",
@@ -126,6 +131,7 @@ def _plan(args: argparse.Namespace) -> tuple[Any, Any]:
         "out_dtype": args.dtype,
         "accumulate": args.accumulate,
         "max_shard_bytes": parse_bytes(args.max_shard_size) if args.max_shard_size else None,
+        "allow_nonfinite": args.allow_nonfinite,
     }
     if args.run:
         if args.inputs:

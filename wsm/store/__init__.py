@@ -17,6 +17,7 @@ from wsm.store.files import FileStore
 from wsm.store.manifests import (
     SCHEMA_VERSION,
     CheckpointManifest,
+    Checksums,
     EvalManifest,
     FileEntry,
     Manifest,
@@ -48,6 +49,7 @@ __all__ = [
     "ArtifactExistsError",
     "ArtifactNotFoundError",
     "CheckpointManifest",
+    "Checksums",
     "EvalManifest",
     "FileEntry",
     "FileStore",

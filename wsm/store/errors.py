@@ -24,13 +24,20 @@ class ArtifactExistsError(StoreError, FileExistsError):
 
 
 class IntegrityError(StoreError):
-    """A stored file does not match its manifest (corrupt, truncated, or replaced)."""
+    """A stored file does not match its manifest (corrupt, truncated, or replaced).
 
-    def __init__(self, path: str, expected: str, actual: str) -> None:
+    ``byte_range`` (start, end exclusive) names the block that failed when only part is bad.
+    """
+
+    def __init__(
+        self, path: str, expected: str, actual: str, byte_range: tuple[int, int] | None = None
+    ) -> None:
         self.path = path
         self.expected = expected
         self.actual = actual
-        super().__init__(f"integrity check failed for {path}: expected {expected}, got {actual}")
+        self.byte_range = byte_range
+        where = f"{path} at bytes {byte_range[0]}-{byte_range[1] - 1}" if byte_range else path
+        super().__init__(f"integrity check failed for {where}: expected {expected}, got {actual}")
 
 
 class ManifestError(StoreError):

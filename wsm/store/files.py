@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from wsm.settings import Settings, get_settings
-from wsm.store import backend, integrity
+from wsm.store import backend, checksums, integrity
 from wsm.store.errors import ArtifactNotFoundError, IntegrityError
 from wsm.store.manifests import Manifest
 from wsm.store.names import validate_relpath
@@ -27,6 +27,7 @@ class FileStore:
         *,
         settings: Settings | None = None,
         block_size: int | None = None,
+        checksum_block_size: int | None = None,
         **storage_options: Any,
     ) -> None:
         settings = settings or get_settings()
@@ -34,6 +35,9 @@ class FileStore:
         self.fs, self.root = backend.make_filesystem(url, settings, storage_options)
         self.is_local = backend.is_local(self.fs)
         self.block_size = block_size or settings.store_block_size
+        self.checksum_block_size = checksum_block_size or checksums.BLOCK_SIZE
+        """Block size of the fast checksums of files published from now on (readers take theirs
+        from each file's manifest entry)."""
         self.settings = settings
 
     def __repr__(self) -> str:
@@ -74,7 +78,8 @@ class FileStore:
         return data
 
     def open(self, path: str, *, block_size: int | None = None) -> IO[bytes]:
-        """A read-only, seekable file object (no hashing: see ``verify``)."""
+        """A read-only, seekable file object (no hashing: see ``verify_files`` and
+        :class:`~wsm.store.checksums.BlockVerifier`)."""
         try:
             f: IO[bytes] = self.fs.open(self.full_path(path), "rb", block_size=block_size or self.block_size)
         except FileNotFoundError as e:
@@ -143,7 +148,8 @@ class FileStore:
                 os.unlink(tmp)
 
     def verify(self, manifest: Manifest, *, full: bool = True, names: Iterable[str] | None = None) -> None:
-        """Check files against the manifest: sizes with one listing, and sha256 too when ``full``."""
+        """Check files against the manifest: sizes with one listing, and their content too when ``full``
+        (the fast checksums where the manifest has them, else sha256)."""
         wanted = [manifest.file(n) for n in names] if names is not None else manifest.files
         try:
             listing = self.fs.ls(self.full_path(manifest.dir), detail=True)
@@ -156,3 +162,25 @@ class FileStore:
             for entry in wanted:
                 with self.open(manifest.path(entry.name)) as f:
                     integrity.check_stream(manifest.path(entry.name), entry, f)
+
+    def verify_files(self, manifest: Manifest, names: Iterable[str] | None = None) -> None:
+        """Stream every listed file (or ``names``) and check size and content against the manifest.
+
+        The one call for a reader about to use whole files (a resume, an evaluation, an export):
+        a mismatch raises :class:`IntegrityError` naming the file and, with checksums, the byte range.
+        """
+        self.verify(manifest, full=True, names=names)
+
+    def verified_local_path(self, manifest: Manifest, name: str, directory: str | os.PathLike[str]) -> str:
+        """A local path holding file ``name`` of ``manifest``, verified against the manifest.
+
+        Local stores: the file itself, after a streaming check (no copy). Remote stores: a copy
+        downloaded into ``directory``, checked while it streams (nothing is left on failure).
+        """
+        path = self.local_path(manifest.path(name))
+        if path is not None:
+            self.verify_files(manifest, [name])
+            return path
+        target = os.path.join(os.fspath(directory), name)
+        self.download(manifest, name, target)
+        return target

@@ -11,14 +11,19 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import wsm
 from wsm.store import layout
 from wsm.store.names import validate_name
 
-SCHEMA_VERSION = 1
-"""Bump when a field changes meaning or a required field is added; readers refuse newer versions."""
+SCHEMA_VERSION = 2
+"""Bump when a field changes meaning or a required field is added; readers refuse newer versions.
+
+2: every data file carries fast checksums (``FileEntry.checksums``). Version 1 manifests still load
+(their entries have ``checksums=None`` and are verified by sha256 where read whole)."""
+
+DIGEST_PATTERN = r"^[0-9a-f]{16}$"
 
 JsonDict = dict[str, Any]
 
@@ -27,19 +32,56 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class Checksums(BaseModel):
+    """Fast checksums of one file, computed while it was written: the whole file and fixed blocks.
+
+    A reader of byte ranges verifies each block once it has all of it (wsm/store/checksums.py).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    algorithm: Literal["xxh3_64"] = "xxh3_64"
+    """Hash function (the xxhash package's xxh3_64, 16 hex digits)."""
+    xxh3: str = Field(pattern=DIGEST_PATTERN)
+    """Digest of the whole file."""
+    block_size: int = Field(gt=0)
+    """Bytes per block; the last block may be shorter."""
+    blocks: str = Field(pattern=r"^(?:[0-9a-f]{16})*$")
+    """Digest of every block in file order, concatenated (16 hex digits each): compact in JSON."""
+
+    @property
+    def count(self) -> int:
+        return len(self.blocks) // 16
+
+    def block(self, index: int) -> str:
+        return self.blocks[16 * index : 16 * index + 16]
+
+
 class FileEntry(BaseModel):
-    """One data file of an artifact: its name inside the artifact directory, size and sha256."""
+    """One data file of an artifact: its name inside the artifact directory, size, sha256 and checksums."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     name: str
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """Provenance digest (what a merged model's sources cite)."""
+    checksums: Checksums | None = None
+    """Fast checksums every verified read is checked against; None in schema_version 1 manifests."""
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
         return validate_name(v, "file name")
+
+    @model_validator(mode="after")
+    def _blocks_cover_file(self) -> FileEntry:
+        cs = self.checksums
+        if cs is not None and cs.count != -(-self.size // cs.block_size):
+            raise ValueError(
+                f"file {self.name!r}: {cs.count} block checksums for {self.size} bytes in blocks of {cs.block_size}"
+            )
+        return self
 
 
 class Manifest(BaseModel):

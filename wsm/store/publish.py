@@ -1,5 +1,9 @@
 """Atomic publish: stage data files (hashed while streaming), write the manifest last, then expose.
 
+Every data file gets its sha256 (provenance) and fast checksums (xxh3 of the file and of fixed
+blocks, wsm/store/checksums.py) computed from the very bytes written, so what readers verify
+against is what the writer produced.
+
 Local disk: a hidden staging dir next to the target, renamed into place once the manifest is in
 it. Object stores: objects go straight under the final prefix (multipart uploads are invisible
 until completed) and the manifest PUT is the moment of publication. Either way a writer killed
@@ -20,6 +24,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
 from wsm.store import backend, layout
+from wsm.store.checksums import ChecksumWriter
 from wsm.store.errors import ArtifactExistsError, StoreError
 from wsm.store.manifests import FileEntry, Manifest
 from wsm.store.names import validate_name
@@ -36,10 +41,15 @@ _RESERVED_FIELDS = frozenset({"schema_version", "kind", "files", "code_version"}
 
 
 class HashingWriter(io.RawIOBase):
-    """A write-only stream that forwards to the backend file and computes sha256 + size on the way."""
+    """A write-only stream that forwards to the backend file and computes sha256, checksums and size."""
 
     def __init__(
-        self, raw: IO[bytes], name: str, fsync: bool, on_commit: Callable[[FileEntry], None]
+        self,
+        raw: IO[bytes],
+        name: str,
+        fsync: bool,
+        on_commit: Callable[[FileEntry], None],
+        block_size: int,
     ) -> None:
         super().__init__()
         self._raw = raw
@@ -47,6 +57,7 @@ class HashingWriter(io.RawIOBase):
         self._fsync = fsync
         self._on_commit = on_commit
         self._sha = hashlib.sha256()
+        self._checksums = ChecksumWriter(block_size)
         self._size = 0
 
     def writable(self) -> bool:
@@ -56,6 +67,7 @@ class HashingWriter(io.RawIOBase):
         view = memoryview(b).cast("B")
         self._raw.write(view)
         self._sha.update(view)
+        self._checksums.update(view)
         self._size += len(view)
         return len(view)
 
@@ -70,7 +82,14 @@ class HashingWriter(io.RawIOBase):
             os.fsync(self._raw.fileno())  # data durable before the manifest can mention it
         self._raw.close()
         super().close()
-        self._on_commit(FileEntry(name=self._name, size=self._size, sha256=self._sha.hexdigest()))
+        self._on_commit(
+            FileEntry(
+                name=self._name,
+                size=self._size,
+                sha256=self._sha.hexdigest(),
+                checksums=self._checksums.result(),
+            )
+        )
 
     def abort(self) -> None:
         """Drop the file without completing it (S3: abort the multipart upload)."""
@@ -127,7 +146,13 @@ class Publisher(Generic[M]):
             self._open.pop(name, None)
             self._entries[name] = entry
 
-        writer = HashingWriter(raw, name, fsync=self._store.is_local, on_commit=commit)
+        writer = HashingWriter(
+            raw,
+            name,
+            fsync=self._store.is_local,
+            on_commit=commit,
+            block_size=self._store.checksum_block_size,
+        )
         self._open[name] = writer
         self._opened.add(name)
         return writer
