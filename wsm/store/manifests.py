@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import wsm
 from wsm.store import layout
-from wsm.store.names import validate_name
+from wsm.store.names import validate_tree_path
 
 SCHEMA_VERSION = 1
 """Bump when a field changes meaning or a required field is added; readers refuse newer versions."""
@@ -28,7 +28,8 @@ def utcnow() -> datetime:
 
 
 class FileEntry(BaseModel):
-    """One data file of an artifact: its name inside the artifact directory, size and sha256."""
+    """One data file of an artifact: its name (a relative path for a format's directory tree) inside
+    the artifact directory, size and sha256."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -39,7 +40,7 @@ class FileEntry(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        return validate_name(v, "file name")
+        return validate_tree_path(v, "file name")
 
 
 class Manifest(BaseModel):
