@@ -54,17 +54,19 @@ class DistPublication:
 
     tokens: int
     step: int
-    scratch: Path
     state: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    scratch: Path | None = None
+    """Where the ranks write; chosen by :meth:`DistCheckpointer.save`."""
 
     @property
     def iter_dir(self) -> str:
         return layout.megatron_iter_dir(self.step)
 
     def write(self, store: Store, run: str) -> CheckpointManifest:
+        assert self.scratch is not None
         with store.publish_checkpoint(run, self.tokens, step=self.step, extra=self.extra) as pub:
             pub.put_tree(self.scratch / self.iter_dir, self.iter_dir, link=store.is_local)
             delay = upload_delay_for_tests(self.tokens)
@@ -76,7 +78,8 @@ class DistPublication:
         return pub.manifest
 
     def close(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class DistCheckpointer:
@@ -121,8 +124,8 @@ class DistCheckpointer:
         """Start writing ``state_dict`` (collective); ``job`` carries what rank 0 publishes."""
         from megatron.core import dist_checkpointing
 
-        job.scratch = self._make_scratch(job.tokens)
-        target = job.scratch / job.iter_dir
+        job.scratch = scratch = self._make_scratch(job.tokens)
+        target = scratch / job.iter_dir
         target.mkdir(parents=True, exist_ok=True)
         job.started = time.perf_counter()
         try:

@@ -14,7 +14,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -364,7 +363,6 @@ class Trainer:
         job = DistPublication(
             tokens=self.step * self.tokens_per_step,
             step=self.step,
-            scratch=Path(),
             state=self.train_state(),
             extra=dict(extra),
             metrics=self.metrics.take() if self.metrics is not None else [],

@@ -96,6 +96,12 @@ def test_megatron_alone_loads_a_wsm_checkpoint(dist_run: Any, tmp_path: Path) ->
         ours["decoder.layers.0.pre_mlp_layernorm.weight"],
     )
     assert torch.equal(megatron["output_layer.weight"], ours["output_layer.weight"])
+    # The merger's reader (no megatron import) finds the tokens in common.pt's arguments.
+    from merger.formats.dcp import open_dcp
+    from merger.formats.dcp_runs import discover, megatron_tokens
+
+    assert megatron_tokens(open_dcp(str(iter_dir))) == 5120
+    assert [c.step for c in discover(store.full_path(manifest.dir))] == [20]
 
 
 def test_legacy_checkpoints_resume_into_the_new_format(
@@ -143,3 +149,19 @@ def test_merge_and_evaluation_read_the_new_format(dist_run: Any) -> None:
     assert resolve(store, "d", ckpt.dir).weight_sha256 == [
         f.sha256 for f in sorted(ckpt.files, key=lambda f: f.name) if f.name.startswith("iter_0000020/")
     ]
+
+
+def test_an_object_store_run_resumes_from_a_downloaded_checkpoint(
+    data_cache: Path, dist_run: Any, memory_store: Any, tmp_path: Path
+) -> None:
+    """Off a local disk the ranks write into the scratch dir, the publish copies (no links), and a
+    resume reads a verified download: the run continues exactly as the local one."""
+    scratch = {"checkpoint.scratch_dir": str(tmp_path)}
+    make(data_cache, memory_store, "d", train_tokens=2560, **scratch).train()
+    resumed = make(data_cache, memory_store, "d", train_tokens=5120, **scratch)
+    assert resumed.step == 10
+    resumed.train()
+    assert list(tmp_path.iterdir()) == []  # scratch and download dirs are gone
+    a = load_checkpoint(dist_run, dist_run.get_checkpoint("d", 5120), with_state=False).weights
+    b = load_checkpoint(memory_store, memory_store.get_checkpoint("d", 5120), with_state=False).weights
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

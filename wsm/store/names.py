@@ -46,12 +46,17 @@ def validate_name(value: object, what: str = "name") -> str:
 def validate_relpath(value: object, what: str = "store path") -> str:
     """Validate a store-relative path such as ``runs/r1/checkpoints/000…/iter_0000100/.metadata``.
 
-    Components follow :data:`PATH_PART_PATTERN`; ``..`` and staging/trash names are refused.
+    Components follow :data:`PATH_PART_PATTERN`; ``.``, ``..`` and staging/trash names are refused.
     """
     if not isinstance(value, str) or not value:
         raise InvalidNameError(what, value, "must be a non-empty relative path")
     for part in value.split("/"):
-        if not _PATH_PART_RE.fullmatch(part) or ".." in part or part.startswith(_RESERVED_PREFIXES):
+        if (
+            not _PATH_PART_RE.fullmatch(part)
+            or part == "."
+            or ".." in part
+            or part.startswith(_RESERVED_PREFIXES)
+        ):
             raise InvalidNameError(what, value, f"component {part!r} must match {PATH_PART_PATTERN}")
     return value
 
