@@ -8,8 +8,10 @@ Both loops train on the same batches (megatron GPTDataset samples), alternating 
 so machine load hits both alike. CPU: fp32, AdamW, the same thread count. CUDA: our trainer's
 megatron path (bf16 weights, fp32 main params and grads, megatron DDP and optimizer) against the
 plain loop under bf16 autocast with fp32 weights and fused AdamW. Reported: tokens/s of each and
-their ratio (target >= 0.9); the checkpoint *stall* (snapshot on the training thread) as a
-fraction of a step at the config's save interval (target < 5%); the throughput cost of saving in
+their ratio (target >= 0.9); the checkpoint *stall* (time on the training thread per save) as a
+fraction of a step at the config's save interval (target < 5%), for Megatron's torch_dist format
+(every rank writes its own shards) and for the legacy safetensors one (gathered to rank 0), on
+the same model (``checkpoint_formats``, ``stall_new_over_old``); the throughput cost of saving in
 the background; on CUDA also model FLOPs utilisation (6N + attention per token, against
 --peak-tflops) and the trainer's peak GPU memory.
 """
@@ -23,6 +25,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +110,41 @@ def flops_per_token(model: torch.nn.Module, layers: int, hidden: int, seq: int) 
     return n, 6.0 * n + 12.0 * layers * hidden * seq
 
 
+CHECKPOINT_FORMATS = ("torch_dist", "safetensors")
+
+
+def checkpoint_stall(
+    trainer_cls: Any, base: Any, store: Any, fmt: str, save_steps: int, warm: int
+) -> dict[str, Any]:
+    """Stall per save (training thread), save-to-published time, and the slowdown of the steps
+    after each save (background writing competes for the same cores), for one checkpoint format."""
+    tps = base.tokens_per_step
+    steps = 2 * save_steps + warm
+    cfg = base.model_copy(
+        update={
+            "run": f"bench-ckpt-{fmt.replace('_', '-')}",
+            "train_tokens": steps * tps,
+            "checkpoint": base.checkpoint.model_copy(update={"format": fmt}),
+        }
+    )
+    start = time.perf_counter()
+    rc = trainer_cls(cfg, store=store).train()
+    total = time.perf_counter() - start
+    median_step = statistics.median(rc.step_times_s[warm:])
+    stall = statistics.mean(rc.stalls_s) if rc.stalls_s else 0.0
+    after = [t for i, t in enumerate(rc.step_times_s) if i > warm and (i % save_steps) < 5]
+    sizes = [c.total_bytes for c in store.list_checkpoints(cfg.run)]
+    return {
+        "saves": len(rc.stalls_s),
+        "median_step_s": round(median_step, 4),
+        "stall_per_save_s": round(stall, 4),
+        "stall_fraction_of_step": round(stall / median_step, 4),
+        "steps_after_save_slowdown": round(statistics.mean(after) / median_step - 1, 3) if after else None,
+        "run_wall_s": round(total, 2),
+        "checkpoint_bytes": sizes[-1] if sizes else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -153,7 +191,7 @@ def main() -> None:
         m = base.model
         # Our trainer without checkpoints (save interval beyond the run) for pure throughput.
         cfg = base.model_copy(
-            update={"run": "bench", "checkpoint": base.checkpoint.model_copy(update={"save_every": "1T"})}
+            update={"run": "bench", "checkpoint": base.checkpoint.model_copy(update={"save_every": 10**12})}
         )
         trainer = Trainer(cfg, store=store, save_checkpoints=False)
         source = trainer.source
@@ -217,16 +255,13 @@ def main() -> None:
                 _median_tps(times, tps),
             )
 
-        # Checkpoint stall at the config's save interval, on a fresh run that saves for real.
-        steps = 2 * save_steps + warm
-        ck = Trainer(
-            base.model_copy(update={"run": "bench-ckpt", "train_tokens": str(steps * tps)}), store=store
-        )
-        rc = ck.train()
-        median_step = statistics.median(rc.step_times_s[warm:])
-        stall = statistics.mean(rc.stalls_s) if rc.stalls_s else 0.0
-        # Background writing competes for the same cores: compare the steps after each save.
-        after = [t for i, t in enumerate(rc.step_times_s) if i > warm and (i % save_steps) < 5]
+        # Checkpoint stall at the config's save interval, on fresh runs that save for real: the
+        # torch_dist format (every rank writes its shards) against the legacy safetensors one
+        # (gathered to rank 0), on the same model.
+        saves = {
+            fmt: checkpoint_stall(Trainer, base, store, fmt, save_steps, warm) for fmt in CHECKPOINT_FORMATS
+        }
+        median_step = saves["torch_dist"]["median_step_s"]
 
     trainer_tps = _median_tps(results["trainer"], tps)
     plain_tps = _median_tps(results["plain"], tps)
@@ -241,10 +276,15 @@ def main() -> None:
         "ratio": round(trainer_tps / plain_tps, 3),
         "save_every_steps": save_steps,
         "median_step_s": round(median_step, 4),
-        "stall_per_save_s": round(stall, 4),
-        "stall_fraction_of_step": round(stall / median_step, 4),
-        "stall_fraction_of_interval": round(stall / (median_step * save_steps), 5),
-        "steps_after_save_slowdown": round(statistics.mean(after) / median_step - 1, 3) if after else None,
+        **{k: saves["torch_dist"][k] for k in ("stall_per_save_s", "stall_fraction_of_step")},
+        "stall_fraction_of_interval": round(
+            saves["torch_dist"]["stall_per_save_s"] / (median_step * save_steps), 5
+        ),
+        "steps_after_save_slowdown": saves["torch_dist"]["steps_after_save_slowdown"],
+        "checkpoint_formats": saves,
+        "stall_new_over_old": round(
+            saves["torch_dist"]["stall_per_save_s"] / max(saves["safetensors"]["stall_per_save_s"], 1e-9), 3
+        ),
         "non_embedding_params": n_params,
         "train_flops_per_token": fpt,
     }

@@ -279,16 +279,24 @@ def _check_same_tensors(ckpts: Sequence[CheckpointLayout]) -> None:
 
 
 def _rows_in_order(entry: TensorEntry) -> bool:
-    """Whether the chunks, in order, are consecutive slabs along dimension 0 (their bytes concatenate
-    to the whole tensor in C order): what a contiguous output file needs."""
+    """Whether the chunks, in order, are consecutive blocks of the tensor in C order (their bytes
+    concatenate to the whole tensor): what a contiguous output file needs. Slabs along dimension 0
+    are such blocks, and so are Megatron's per-layer pieces of a stacked tensor (``[1, rows, cols]``
+    at ``(layer, row, 0)``, e.g. the gate and up halves of ``linear_fc1``)."""
     if not entry.shape:
         return len(entry.chunks) == 1
-    row = 0
+    flat = 0
     for c in entry.chunks:
-        if c.offsets != (row,) + (0,) * (len(entry.shape) - 1) or c.sizes[1:] != entry.shape[1:]:
+        # A block: size 1 before some dimension d, whole dimensions after it.
+        d = next((i for i, n in enumerate(c.sizes) if n != 1), len(c.sizes) - 1)
+        whole = all(
+            c.offsets[i] == 0 and c.sizes[i] == entry.shape[i] for i in range(d + 1, len(entry.shape))
+        )
+        start = sum(o * math.prod(entry.shape[i + 1 :]) for i, o in enumerate(c.offsets))
+        if not whole or start != flat:
             return False
-        row += c.sizes[0]
-    return row == entry.shape[0]
+        flat += c.numel
+    return flat == entry.numel
 
 
 def _out_dtype(in_dtype: str, requested: str | None) -> str:

@@ -45,9 +45,9 @@ class Listing(Protocol):
     def list_checkpoints(self, run: str) -> list[CheckpointManifest]: ...
 
 
-def _uri(store: Store, relpath: str) -> str:
+def _uri(store: Store, relpath: str, *, directory: bool = False) -> str:
     if store.is_local:
-        path = store.local_path(relpath)
+        path = store.full_path(relpath) if directory else store.local_path(relpath)
         assert path is not None
         return path
     return str(store.fs.unstrip_protocol(store.full_path(relpath)))
@@ -59,11 +59,16 @@ def storage_options(store: Store) -> dict[str, Any]:
 
 
 def weight_files(manifest: CheckpointManifest) -> tuple[str, list[str]]:
-    """The checkpoint's main weights file (``model.safetensors`` or the HF index) and its safetensors files.
+    """The checkpoint's main weights file (``model.safetensors`` or the HF index) and its safetensors
+    files; for Megatron's ``torch_dist`` layout the DCP directory (``iter_<N>``) and every file in it.
 
-    Other files of a checkpoint (optimizer moments, RNG state) are never merge inputs.
+    Other files of a checkpoint (optimizer moments, RNG state) are never merge inputs; inside a DCP
+    directory the reader skips the optimizer's keys.
     """
     names = {f.name for f in manifest.files}
+    dcp = layout.dcp_dir_of(names)
+    if dcp is not None:
+        return dcp, sorted(n for n in names if n.startswith(f"{dcp}/"))
     if layout.MODEL_FILE in names:
         return layout.MODEL_FILE, [layout.MODEL_FILE]
     if layout.MODEL_INDEX_FILE in names:
@@ -75,7 +80,8 @@ def weight_files(manifest: CheckpointManifest) -> tuple[str, list[str]]:
 
 
 def weights_sha256(manifest: CheckpointManifest) -> str:
-    """The digest of a checkpoint's weights: its file's sha256, or that of ``name sha256`` lines of its shards.
+    """The digest of a checkpoint's weights: its file's sha256, or that of ``name sha256`` lines of its
+    shards (or of the files of its DCP directory).
 
     A checkpoint of an external run has the identity digest of its DCP directory (merger/external.py).
     """
@@ -89,7 +95,8 @@ def weights_sha256(manifest: CheckpointManifest) -> str:
 
 
 def checkpoint_ref(store: Store, manifest: CheckpointManifest) -> CheckpointLayout:
-    """A checkpoint of the store as a merge input (headers read by ranged reads).
+    """A checkpoint of the store as a merge input (headers read by ranged reads); a checkpoint in
+    Megatron's layout resolves to its DCP directory.
 
     Each file carries its manifest entry, so the engine verifies every block it reads against the
     checksums written with it (manifests of schema 1 have none: the merge manifest then says
@@ -99,16 +106,19 @@ def checkpoint_ref(store: Store, manifest: CheckpointManifest) -> CheckpointLayo
         return external.open_location(store, manifest)
     main, files = weight_files(manifest)
     store.verify(manifest, full=False, names=files)  # one listing: catches truncation
+    dcp = main not in (layout.MODEL_FILE, layout.MODEL_INDEX_FILE)
     ref = open_checkpoint(
-        _uri(store, manifest.path(main)),
+        _uri(store, f"{manifest.dir}/{main}" if dcp else manifest.path(main), directory=dcp),
         storage_options(store),
         sha256=weights_sha256(manifest),
         extra={"run": manifest.run, "tokens": manifest.tokens},
     )
     by_name = {n: manifest.file(n) for n in files}
+    base = _uri(store, manifest.dir, directory=True).replace(os.sep, "/").rstrip("/") + "/"
     attached = []
     for f in ref.files:
-        name = f.uri.replace(os.sep, "/").rsplit("/", 1)[-1]
+        uri = f.uri.replace(os.sep, "/")
+        name = uri[len(base) :] if uri.startswith(base) else uri.rsplit("/", 1)[-1]
         if name not in by_name:
             raise MergeError(f"{manifest.dir}: weights file {name} is not listed in its manifest")
         attached.append(dataclasses.replace(f, entry=by_name[name]))

@@ -1,17 +1,21 @@
 """Checkpoints to the store without stalling training, and exact resume from them.
 
-A save is two phases. On the training thread: gather TP shards and copy every tensor to CPU (the
-*stall*, measured). On a background thread: write ``model.safetensors`` (full canonical weights,
-the product's input), ``train_state.safetensors`` (AdamW moments as full tensors, RNG) and
-``train_state.json`` (step, tokens, scheduler position, data position), then let the store publish
-the manifest last. At most one save is in flight: a new save first waits for the previous one.
+Two layouts, both published by :class:`AsyncSaver` on rank 0 (one save in flight, retries, the
+store's manifest last):
+
+* ``torch_dist`` (the default, ``checkpoint.format``): Megatron-LM's layout written by every rank
+  through megatron-core's ``dist_checkpointing`` (:mod:`trainer.dist_save`, :mod:`trainer.dist_state`):
+  ``latest_checkpointed_iteration.txt``, ``iter_<step:07d>/`` (``.metadata``, ``__<rank>_<i>.distcp``,
+  ``common.pt``, ``metadata.json``) and ``train_state.json``. Nothing is gathered; resume reshards.
+* ``safetensors`` (legacy, still read): on the training thread gather TP shards and copy every
+  tensor to CPU (the *stall*), then in the background write ``model.safetensors`` (full canonical
+  weights), ``train_state.safetensors`` (AdamW moments as full tensors, RNG) and
+  ``train_state.json``. The GPU path with megatron's optimizer stores its own per-rank state
+  (``train_state.pt``), so resuming that needs the same parallel layout.
+
 A failed upload is retried with backoff; when retries run out the error is raised on the training
 thread at its next step, so training stops loudly instead of silently skipping a checkpoint.
-
-Because optimizer moments are stored unsharded under canonical parameter names, the training
-state does not depend on the TP/DP layout either (CPU path). The GPU path with megatron's
-distributed optimizer stores its own per-TP-rank state (``train_state.pt``), so resuming there
-needs the same parallel layout.
+:func:`load_checkpoint` reads either layout back (weights as full canonical tensors).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -45,7 +49,7 @@ MEGATRON_OPTIM_FILE = "train_state.pt"
 _UPLOAD_DELAY_ENV = "WSM_TRAINER_TEST_UPLOAD_DELAY"
 
 
-def _test_upload_delay(tokens: int) -> float:
+def upload_delay_for_tests(tokens: int) -> float:
     raw = os.environ.get(_UPLOAD_DELAY_ENV, "")
     if not raw:
         return 0.0
@@ -57,9 +61,26 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written after all retries; training must not go on without it."""
 
 
+class SaveJob(Protocol):
+    """One checkpoint for :class:`AsyncSaver` to publish: everything it needs is already written
+    or copied, so training may go on."""
+
+    tokens: int
+    metrics: list[dict[str, Any]]
+    """Metric records to publish once this checkpoint is safe (not part of the checkpoint)."""
+
+    def write(self, store: Store, run: str) -> CheckpointManifest:
+        """Publish the checkpoint (the store's manifest last); may be retried."""
+        ...
+
+    def close(self) -> None:
+        """Drop what the job holds (scratch files) once it is published or given up."""
+        ...
+
+
 @dataclass
 class Snapshot:
-    """Everything one checkpoint holds, already on CPU and detached from training."""
+    """Everything one checkpoint of the legacy layout holds, already on CPU and detached from training."""
 
     tokens: int
     step: int
@@ -70,6 +91,12 @@ class Snapshot:
     megatron_optim: Any = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     """Metric records to publish once this checkpoint is safe (not part of the checkpoint)."""
+
+    def write(self, store: Store, run: str) -> CheckpointManifest:
+        return write_checkpoint(store, run, self)
+
+    def close(self) -> None:
+        return None
 
 
 def snapshot_weights(model: torch.nn.Module, *, tp_group: Any, tp_size: int) -> dict[str, torch.Tensor]:
@@ -135,7 +162,7 @@ def write_checkpoint(store: Store, run: str, snap: Snapshot) -> CheckpointManife
             torch.save(snap.megatron_optim, tmp / MEGATRON_OPTIM_FILE)
         with store.publish_checkpoint(run, snap.tokens, step=snap.step, extra=snap.extra) as pub:
             pub.put_file(WEIGHTS_FILE, tmp / WEIGHTS_FILE)
-            delay = _test_upload_delay(snap.tokens)
+            delay = upload_delay_for_tests(snap.tokens)
             if delay:
                 time.sleep(delay)
             if snap.optim:
@@ -159,7 +186,7 @@ class AsyncSaver:
         *,
         retries: int = 3,
         backoff_s: float = 1.0,
-        on_published: Callable[[CheckpointManifest, Snapshot], None] | None = None,
+        on_published: Callable[[CheckpointManifest, SaveJob], None] | None = None,
     ) -> None:
         self.store = store
         self.run = run
@@ -189,7 +216,7 @@ class AsyncSaver:
                 self._thread = None
         return time.perf_counter() - start
 
-    def submit(self, snap: Snapshot) -> float:
+    def submit(self, snap: SaveJob) -> float:
         """Start writing ``snap``; returns how long it waited for the previous save (part of the stall)."""
         waited = self.wait()
         self.check()
@@ -199,7 +226,7 @@ class AsyncSaver:
         self._thread.start()
         return waited
 
-    def save_now(self, snap: Snapshot) -> CheckpointManifest:
+    def save_now(self, snap: SaveJob) -> CheckpointManifest:
         """Synchronous save (final checkpoint on exit, tests)."""
         self.wait()
         self.check()
@@ -208,11 +235,17 @@ class AsyncSaver:
         assert self.last_published is not None
         return self.last_published
 
-    def _run(self, snap: Snapshot) -> None:
+    def _run(self, snap: SaveJob) -> None:
+        try:
+            self._attempts(snap)
+        finally:
+            snap.close()
+
+    def _attempts(self, snap: SaveJob) -> None:
         for attempt in range(self.retries + 1):
             try:
                 start = time.perf_counter()
-                manifest = write_checkpoint(self.store, self.run, snap)
+                manifest = snap.write(self.store, self.run)
             except ArtifactExistsError:
                 # A previous attempt committed before failing (or another writer did): it is there.
                 manifest = self.store.get_checkpoint(self.run, snap.tokens)
@@ -232,7 +265,7 @@ class AsyncSaver:
                 )
                 time.sleep(delay)
                 continue
-            log.info("checkpoint %d tokens written in %.2fs", snap.tokens, time.perf_counter() - start)
+            log.info("checkpoint %d tokens published in %.2fs", snap.tokens, time.perf_counter() - start)
             self.last_published = manifest
             if self.on_published is not None:
                 try:
@@ -258,12 +291,32 @@ def _local_file(store: Store, manifest: CheckpointManifest, name: str, tmp: Path
     return store.verified_local_path(manifest, name, tmp)
 
 
+def is_dist_checkpoint(manifest: CheckpointManifest) -> bool:
+    """Whether a checkpoint is in Megatron's ``torch_dist`` layout (else the legacy safetensors one)."""
+    return layout.dcp_dir_of(f.name for f in manifest.files) is not None
+
+
+def read_train_state(store: Store, manifest: CheckpointManifest) -> dict[str, Any]:
+    """``train_state.json``: step, tokens, Adam step, layout... (both layouts), checked on read."""
+    if STATE_FILE not in {f.name for f in manifest.files}:
+        raise ValueError(f"{manifest.dir} has no training state; it cannot be resumed")
+    state: dict[str, Any] = json.loads(store.read_file(manifest, STATE_FILE))
+    return state
+
+
 def load_checkpoint(
     store: Store, manifest: CheckpointManifest, *, with_state: bool = True
 ) -> LoadedCheckpoint:
-    """Read (and verify) a checkpoint's weights and, optionally, its training state."""
+    """Read (and verify) a checkpoint's weights (full canonical tensors, either layout) and,
+    optionally, its training state. The optimizer state of a ``torch_dist`` checkpoint is not read
+    here: resuming loads it through megatron (:func:`trainer.dist_load.resume_from`)."""
     store.verify(manifest, full=False)
     names = {f.name for f in manifest.files}
+    if is_dist_checkpoint(manifest):
+        from trainer.dist_load import read_weights
+
+        train_state = read_train_state(store, manifest) if with_state else {}
+        return LoadedCheckpoint(manifest, read_weights(store, manifest), {}, train_state)
     with tempfile.TemporaryDirectory(prefix="wsm-load-") as tmpdir:
         tmp = Path(tmpdir)
         weights = load_file(_local_file(store, manifest, WEIGHTS_FILE, tmp), device="cpu")
@@ -271,9 +324,7 @@ def load_checkpoint(
         state: dict[str, Any] = {}
         megatron_optim = None
         if with_state:
-            if STATE_FILE not in names:
-                raise ValueError(f"{manifest.dir} has no training state; it cannot be resumed")
-            state = json.loads(store.read_file(manifest, STATE_FILE))
+            state = read_train_state(store, manifest)
             if OPTIM_FILE in names:
                 optim = load_file(_local_file(store, manifest, OPTIM_FILE, tmp), device="cpu")
             if MEGATRON_OPTIM_FILE in names:

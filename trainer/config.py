@@ -223,6 +223,16 @@ class CheckpointConfig(_Section):
     resume: bool = True
     """Continue from the newest complete checkpoint of the same run name if there is one."""
 
+    format: Literal["torch_dist", "safetensors"] = "torch_dist"
+    """torch_dist: Megatron-LM's layout through megatron-core's dist_checkpointing, every rank writing
+    its own shards (resumable on another TP/DP layout); safetensors: the legacy layout (weights
+    gathered to rank 0 as full tensors). Either layout resumes and merges."""
+
+    scratch_dir: str | None = None
+    """torch_dist only: where ranks write a checkpoint before it is published; every rank must see it
+    (shared storage across nodes). Default: beside the checkpoints on a local store (publishing then
+    hard-links), the system temp dir otherwise."""
+
 
 class ParallelConfig(_Section):
     """Parallel layout; data-parallel size is world_size / tensor_parallel."""

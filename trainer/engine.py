@@ -1,7 +1,9 @@
 """One optimizer step on this rank: the CPU engine (torch DDP + AdamW) and the GPU engine (megatron).
 
 Both expose the same surface to the loop: ``train_step(micro_batches) -> (loss, grad_norm)``,
-``eval_loss(batch)``, and optimizer state out/in for checkpoints. The scheduler sets the LR on the
+``eval_loss(batch)``, and optimizer state out/in for checkpoints: as megatron sharded state
+(``sharded_optimizer_state``, ``torch_dist`` checkpoints) and, for the legacy safetensors layout,
+as full tensors (``snapshot_optimizer``/``restore_optimizer``). The scheduler sets the LR on the
 optimizer's param groups before each step, so the engines never touch the LR themselves.
 """
 
@@ -17,6 +19,7 @@ import torch.distributed as dist
 
 from trainer.checkpoint import restore_adamw, snapshot_adamw
 from trainer.config import OptimConfig
+from trainer.dist_state import GPU_OPTIMIZER_METADATA, adamw_sharded_state, load_adamw_state
 from trainer.distributed import DistInfo, dp_group, tp_group
 from trainer.optim import build_adamw, build_megatron_optimizer, clip_gradients, grad_norm
 
@@ -72,6 +75,13 @@ class CPUEngine:
     def eval_loss(self, batch: Batch) -> torch.Tensor:
         self.module.eval()
         return token_loss(self.module, batch, self.device)
+
+    def sharded_optimizer_state(self, model_sharded: dict[str, Any], *, is_loading: bool) -> dict[str, Any]:
+        """AdamW's state as megatron ShardedTensors (``torch_dist`` checkpoints)."""
+        return adamw_sharded_state(self.optimizer, model_sharded, is_loading=is_loading)
+
+    def load_sharded_optimizer_state(self, loaded: dict[str, Any], adam_step: int) -> None:
+        load_adamw_state(self.optimizer, loaded, adam_step)
 
     def snapshot_optimizer(self) -> tuple[dict[str, torch.Tensor], Any]:
         return snapshot_adamw(
@@ -185,8 +195,26 @@ class GPUEngine:
         self.model.eval()
         return token_loss(self.model, batch, self.device).cpu()
 
+    def sharded_optimizer_state(self, model_sharded: dict[str, Any], *, is_loading: bool) -> dict[str, Any]:
+        """megatron's own sharded optimizer state (``torch_dist`` checkpoints): fp32 main params and
+        moments per parameter in model space, so a resume may change TP and DP."""
+        state: dict[str, Any] = self.optimizer.sharded_state_dict(
+            model_sharded, is_loading=is_loading, metadata=GPU_OPTIMIZER_METADATA
+        )
+        return state
+
+    def load_sharded_optimizer_state(self, loaded: dict[str, Any], adam_step: int) -> None:
+        self.optimizer.load_state_dict(loaded)
+        # Without TE/apex megatron gives every parameter one shared ``step`` tensor, which torch's
+        # foreach AdamW would advance once per parameter and step (see above): one each.
+        for opt in chained(self.optimizer):
+            if is_distributed_optimizer(opt):
+                for st in opt.optimizer.state.values():
+                    if "step" in st:
+                        st["step"] = st["step"].detach().clone()
+
     def snapshot_optimizer(self) -> tuple[dict[str, torch.Tensor], Any]:
-        # Layout-dependent: per rank, the optimizer's own state dict (CPU copies) and, for the
+        # Legacy safetensors layout. Layout-dependent: per rank, the optimizer's own state dict (CPU copies) and, for the
         # distributed optimizer, the DP-gathered parameter state of each chained optimizer
         # (collective over DP; None on DP ranks other than 0); everything is collected on global
         # rank 0, which writes the checkpoint.

@@ -13,12 +13,11 @@ Weights: a checkpoint of an external run is read from its DCP directory by byte 
 (:func:`load_dcp`, after checking its identity); an annealed model of one is the store's
 safetensors under Megatron's sharded names. Both hold the layers stacked on a leading dimension
 (``decoder.layers.mlp.linear_fc1.weight`` is ``[num_layers, 2 * ffn, hidden]``, gate rows then up
-rows, as wsm's canonical fc1); :func:`per_layer` unstacks them into the model's own names.
+rows, as wsm's canonical fc1); :func:`trainer.weights.from_dist_names` unstacks them into the model's own names.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +29,7 @@ from merger.formats.dtypes import DTYPES, tensor_view
 from merger.formats.sources import open_source
 from trainer.config import ModelConfig
 from trainer.units import format_tokens
-from trainer.weights import canonical_name
+from trainer.weights import from_dist_names
 from wsm.store import ArtifactNotFoundError, CheckpointManifest, ModelManifest, RunManifest, Store
 
 REQUIRED_ARGS = (
@@ -47,7 +46,6 @@ REQUIRED_ARGS = (
     "add_bias_linear",
 )
 MEGATRON_DEFAULTS = {"rotary_base": 10000, "norm_epsilon": 1e-5}
-_STACKED = re.compile(r"^decoder\.layers\.(?!\d+\.)(.+)$")
 
 
 def config_from_args(args: Mapping[str, Any], where: str) -> tuple[ModelConfig, int]:
@@ -148,25 +146,6 @@ def model_config(
     return config_from_args(args, where)
 
 
-def per_layer(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Megatron's stacked layer tensors split into per-layer canonical names; other names canonicalised.
-
-    ``_extra_state`` entries (Transformer Engine's) are dropped: the model refills them. Names that
-    already carry a layer number (wsm's own checkpoints) pass through unchanged.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        if "_extra_state" in name:
-            continue
-        m = _STACKED.match(name)
-        if m is None:
-            out[canonical_name(name)] = tensor
-            continue
-        for i in range(tensor.shape[0]):
-            out[canonical_name(f"decoder.layers.{i}.{m.group(1)}")] = tensor[i]
-    return out
-
-
 def load_dcp(store: Store, manifest: CheckpointManifest) -> dict[str, torch.Tensor]:
     """Every model tensor of an external checkpoint, read by byte range from its DCP directory."""
     layout = open_location(store, manifest)
@@ -184,4 +163,4 @@ def load_dcp(store: Store, manifest: CheckpointManifest) -> dict[str, torch.Tens
     finally:
         for s in sources:
             s.close()
-    return per_layer(state)
+    return from_dist_names(state)

@@ -1,9 +1,15 @@
 """Stored models out of the store, rebuilt for inference, SFT, evaluation or export.
 
 A *model dir* is the store-relative directory of a checkpoint (``runs/r/checkpoints/000…``) or of an
-annealed/baseline model (``runs/r/models/name``). Both hold full tensors under megatron's local-spec
-names (one ``model.safetensors`` or HF-style shards), and the run manifest says the shape and
-where the tokenizer is, so the same code reads both.
+annealed/baseline model (``runs/r/models/name``). The run manifest says the shape and where the
+tokenizer is; :func:`load_weights` gives full tensors under megatron's local-spec names whatever
+the layout:
+
+* a checkpoint in Megatron's ``torch_dist`` layout (``iter_<N>/``): its model chunks read by byte
+  range through the merger's DCP reader (:func:`trainer.dist_load.read_weights`);
+* one ``model.safetensors`` or HF-style shards: legacy checkpoints, baselines and merged models.
+  A merge of ``torch_dist`` checkpoints keeps megatron's checkpoint names (layers stacked), which
+  are mapped back (:func:`trainer.weights.from_dist_names`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from trainer.model import build_model
 from trainer.runinfo import run_model_config, tokenizer_store_path
 from trainer.tokenizer import load_tokenizer
 from trainer.units import format_tokens
-from trainer.weights import load_full_state_dict
+from trainer.weights import from_dist_names, is_dist_named, load_full_state_dict
 from wsm.store import ArtifactNotFoundError, CheckpointManifest, ModelManifest, RunManifest, Store, layout
 
 
@@ -42,13 +48,15 @@ class StoredModel:
 
     @property
     def weight_sha256(self) -> list[str]:
-        """sha256 of every weights file, by file name: what the evaluation cache key is built from."""
+        """sha256 of every weights file, by file name: what the evaluation cache key is built from
+        (for a ``torch_dist`` checkpoint, every file of its DCP directory)."""
         if isinstance(self.manifest, CheckpointManifest) and self.manifest.location is not None:
             return [self.manifest.location.identity]  # an external checkpoint (trainer/external.py)
+        dcp = layout.dcp_dir_of(f.name for f in self.manifest.files)
         return [
             f.sha256
             for f in sorted(self.manifest.files, key=lambda f: f.name)
-            if f.name.endswith(".safetensors") and not f.name.startswith("train_state")
+            if (f.name.startswith(f"{dcp}/") if dcp else _is_weights_file(f.name))
         ]
 
     def tokenizer(self) -> Tokenizer:
@@ -164,15 +172,20 @@ def fetch_tokenizer(store: Store, run: RunManifest, cache_dir: str | None = None
     return target
 
 
+def _is_weights_file(name: str) -> bool:
+    return name.endswith(".safetensors") and not name.startswith("train_state")
+
+
 def load_weights(store: Store, manifest: CheckpointManifest | ModelManifest) -> dict[str, torch.Tensor]:
-    """Full canonical tensors of a checkpoint or model (single file or shards), verified."""
+    """Full canonical tensors of a checkpoint or model (either checkpoint layout, single file or
+    shards), verified."""
     if isinstance(manifest, CheckpointManifest) and manifest.location is not None:
         return external.load_dcp(store, manifest)  # an external run's checkpoint, read where it lies
-    names = [
-        f.name
-        for f in manifest.files
-        if f.name.endswith(".safetensors") and not f.name.startswith("train_state")
-    ]
+    if isinstance(manifest, CheckpointManifest) and layout.dcp_dir_of(f.name for f in manifest.files):
+        from trainer.dist_load import read_weights
+
+        return read_weights(store, manifest)
+    names = [f.name for f in manifest.files if _is_weights_file(f.name)]
     if not names:
         raise ValueError(f"{manifest.dir} has no safetensors weights")
     store.verify(manifest, full=False, names=names)
@@ -183,7 +196,8 @@ def load_weights(store: Store, manifest: CheckpointManifest | ModelManifest) -> 
             local = store.verified_local_path(manifest, name, tmp)
             # load_file copies into memory, so the temporary download may go away afterwards.
             out.update(load_file(local, device="cpu"))
-    return external.per_layer(out)  # an external run's model holds Megatron's stacked layers
+    # Merges of torch_dist checkpoints (wsm's own or an external run's) keep megatron's stacked names.
+    return from_dist_names(out) if is_dist_named(out) else out
 
 
 def build_stored_model(store: Store, sm: StoredModel, device: torch.device) -> GPTModel:

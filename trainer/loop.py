@@ -19,9 +19,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainer.checkpoint import AsyncSaver, Snapshot, load_checkpoint, load_weights_into, snapshot_weights
+from trainer.checkpoint import (
+    AsyncSaver,
+    SaveJob,
+    Snapshot,
+    is_dist_checkpoint,
+    load_checkpoint,
+    load_weights_into,
+    read_train_state,
+    snapshot_weights,
+)
 from trainer.config import TrainConfig
 from trainer.data import BatchSource, PreparedData, build_datasets, epoch_samples, prepare_data
+from trainer.dist_save import DistCheckpointer, DistPublication
+from trainer.dist_state import CHECKPOINT_VERSION, megatron_args, sharded_state_dict
 from trainer.distributed import (
     DistInfo,
     barrier,
@@ -175,6 +186,13 @@ class Trainer:
             if self.info.is_main
             else None
         )
+        self.checkpointer = (
+            DistCheckpointer(
+                self.store, cfg.run, self.info, self.saver, scratch_dir=cfg.checkpoint.scratch_dir
+            )
+            if save_checkpoints and cfg.checkpoint.format == "torch_dist"
+            else None
+        )
         log.info(
             "model: %s parameters/rank (vocab %d), %s, TP=%d DP=%d, %s tokens/step, checkpoint every %s tokens",
             f"{count_parameters(self.model):,}",
@@ -206,16 +224,35 @@ class Trainer:
             target = broadcast_object(latest)  # type: ignore[assignment]
         if target is None:
             return
-        ckpt = load_checkpoint(self.store, target)
-        if ckpt.state.get("tokens_per_step") != self.tokens_per_step:
+        dist_layout = is_dist_checkpoint(target)
+        if dist_layout:
+            self.store.verify(target, full=False)
+            state = read_train_state(self.store, target)
+        else:
+            ckpt = load_checkpoint(self.store, target)
+            state = ckpt.state
+        if state.get("tokens_per_step") != self.tokens_per_step:
             raise ValueError(
-                f"{target.dir}: written with {ckpt.state.get('tokens_per_step')} tokens/step, "
+                f"{target.dir}: written with {state.get('tokens_per_step')} tokens/step, "
                 f"config has {self.tokens_per_step}"
             )
-        load_weights_into(self.model, ckpt.weights, tp_rank=self.info.tp_rank, tp_size=self.info.tp_size)
-        self.step = int(ckpt.state["step"])
+        if dist_layout:
+            from trainer.dist_load import resume_from
+
+            resume_from(
+                self.model,
+                self.engine,
+                self.info,
+                self.store,
+                target,
+                state,
+                scratch_dir=self.cfg.checkpoint.scratch_dir,
+            )
+        else:
+            load_weights_into(self.model, ckpt.weights, tp_rank=self.info.tp_rank, tp_size=self.info.tp_size)
+            self.engine.restore_optimizer(ckpt.optim, ckpt.megatron_optim, int(state["adam_step"]))
+        self.step = int(state["step"])
         self.last_saved_step = self.step
-        self.engine.restore_optimizer(ckpt.optim, ckpt.megatron_optim, int(ckpt.state["adam_step"]))
         log.info(
             "resumed from %s: step %d, %s tokens",
             target.dir,
@@ -224,19 +261,11 @@ class Trainer:
         )
 
     # -- checkpoints --------------------------------------------------------------------------
-    def snapshot(self, extra: dict[str, Any] | None = None) -> Snapshot | None:
-        """Collective: full weights and training state on rank 0 (None elsewhere)."""
-        start = time.perf_counter()
-        weights = snapshot_weights(self.model, tp_group=tp_group(), tp_size=self.info.tp_size)
-        mid = time.perf_counter()
-        optim, megatron_optim = self.engine.snapshot_optimizer()
-        self._snapshot_split_s = (mid - start, time.perf_counter() - mid)
-        if not self.info.is_main:
-            return None
-        tokens = self.step * self.tokens_per_step
-        state = {
+    def train_state(self) -> dict[str, Any]:
+        """What ``train_state.json`` records: where the run is and the layout that wrote it."""
+        return {
             "step": self.step,
-            "tokens": tokens,
+            "tokens": self.step * self.tokens_per_step,
             "adam_step": self.step,
             "tokens_per_step": self.tokens_per_step,
             "consumed_samples": self.step * self.cfg.global_batch_size,
@@ -246,22 +275,59 @@ class Trainer:
             "data_fingerprint": self.prepared.fingerprint,
             "world_size": self.info.world_size,
             "tensor_parallel": self.info.tp_size,
+            "data_parallel": self.info.dp_size,
+            "engine": "gpu" if self.cuda else "cpu",
+            "format": self.cfg.checkpoint.format,
         }
+
+    def snapshot(self, extra: dict[str, Any] | None = None) -> Snapshot | None:
+        """Collective: full weights and training state on rank 0 (None elsewhere): the legacy
+        layout's checkpoint, and the weights a decay branch publishes."""
+        start = time.perf_counter()
+        weights = snapshot_weights(self.model, tp_group=tp_group(), tp_size=self.info.tp_size)
+        mid = time.perf_counter()
+        optim, megatron_optim = self.engine.snapshot_optimizer()
+        self._snapshot_split_s = (mid - start, time.perf_counter() - mid)
+        if not self.info.is_main:
+            return None
         return Snapshot(
-            tokens=tokens,
+            tokens=self.step * self.tokens_per_step,
             step=self.step,
             weights=weights,
             optim=optim,
-            state=state,
+            state={**self.train_state(), "format": "safetensors"},
             extra=dict(extra or {}),
             megatron_optim=megatron_optim,
         )
 
-    def _after_publish(self, manifest: CheckpointManifest, snap: Snapshot) -> None:
+    def common_state(self) -> dict[str, Any]:
+        """The non-sharded part of a ``torch_dist`` checkpoint (``common.pt``), as Megatron-LM's."""
+        return {
+            "args": megatron_args(
+                self.cfg,
+                self.info,
+                vocab_size=self.prepared.vocab_size,
+                padded_vocab=self.vocab,
+                spec=self.spec,
+                step=self.step,
+                bf16=self.bf16,
+                distributed_optimizer=isinstance(self.engine, GPUEngine) and self.engine.distributed,
+            ),
+            "iteration": self.step,
+            "checkpoint_version": CHECKPOINT_VERSION,
+            "opt_param_scheduler": self.scheduler.state_dict(),
+            "num_floating_point_operations_so_far": 0,
+            "wsm": self.train_state(),
+        }
+
+    def _after_publish(self, manifest: CheckpointManifest, snap: SaveJob) -> None:
         if self.metrics is not None:
             self.metrics.flush(snap.metrics)
 
     def _save(self, result: TrainResult, extra: dict[str, Any], *, sync: bool) -> None:
+        if self.checkpointer is not None:
+            self._save_dist(result, extra, sync=sync)
+            return
         start = time.perf_counter()
         self.last_saved_step = self.step
         snap = self.snapshot(extra)
@@ -281,6 +347,41 @@ class Trainer:
             format_tokens(snap.tokens),
             stall,
             *self._snapshot_split_s,
+            waited,
+        )
+
+    def _save_dist(self, result: TrainResult, extra: dict[str, Any], *, sync: bool) -> None:
+        """A ``torch_dist`` checkpoint (collective): every rank schedules its own shards."""
+        assert self.checkpointer is not None
+        start = time.perf_counter()
+        self.last_saved_step = self.step
+        waited = self.checkpointer.wait()
+        built = time.perf_counter()
+        state_dict = sharded_state_dict(
+            self.model, self.engine, self.info, is_loading=False, common=self.common_state()
+        )
+        job = DistPublication(
+            tokens=self.step * self.tokens_per_step,
+            step=self.step,
+            state=self.train_state(),
+            extra=dict(extra),
+            metrics=self.metrics.take() if self.metrics is not None else [],
+        )
+        planned = time.perf_counter()
+        self.checkpointer.save(state_dict, job, sync=sync)
+        end = time.perf_counter()
+        if sync or not self.info.is_main:
+            return
+        stall = end - start
+        result.stalls_s.append(stall)
+        result.checkpoints.append(job.tokens)
+        log.info(
+            "checkpoint %s tokens: stall %.3fs (state dicts %.3fs, megatron plan and snapshot %.3fs, "
+            "%.3fs waiting for the previous save)",
+            format_tokens(job.tokens),
+            stall,
+            planned - built,
+            end - planned,
             waited,
         )
 
@@ -317,7 +418,9 @@ class Trainer:
         window_tokens, window_start = 0, time.perf_counter()
         with StopFlag() as stop:
             while self.stop_step is None or self.step < self.stop_step:
-                if self.saver is not None:
+                if self.checkpointer is not None:
+                    self.checkpointer.poll()  # collective while a save is in flight
+                elif self.saver is not None:
                     self.saver.check()
                 t0 = time.perf_counter()
                 self.scheduler.step(1)
@@ -377,6 +480,8 @@ class Trainer:
         return bool(flag.item())
 
     def _finish(self, result: TrainResult, stop: StopFlag) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
         if self.saver is not None:
             # Finish the in-flight save (a second signal abandons it: KeyboardInterrupt).
             self.saver.wait()

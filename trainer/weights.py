@@ -8,6 +8,9 @@ are mapped to the local ones. ``_extra_state`` entries are never stored (the lay
 Shard layout (megatron column/row parallel linears): qkv, fc1, embedding and output layer are split
 on dim 0, linear_proj and fc2 on dim 1. fc1 holds ``[gate_r; up_r]`` per rank, so gates and ups are
 concatenated separately. Norms are replicated.
+
+Checkpoints in megatron's ``torch_dist`` format name tensors as megatron's sharded state dict
+does (layers stacked, TE norm names); :func:`from_dist_names` turns those into the names above.
 """
 
 from __future__ import annotations
@@ -29,6 +32,37 @@ _LOCAL_TO_TE = [
     (re.compile(r"\.input_layernorm\.weight$"), ".self_attention.linear_qkv.layer_norm_weight"),
     (re.compile(r"\.pre_mlp_layernorm\.weight$"), ".mlp.linear_fc1.layer_norm_weight"),
 ]
+
+
+_STACKED_LAYERS = "decoder.layers."
+
+
+def is_dist_named(names: Iterable[str]) -> bool:
+    """Whether tensor names are megatron's checkpoint names (``decoder.layers.<sub>`` with the layers
+    stacked), as a ``torch_dist`` checkpoint and a merge of such checkpoints store them."""
+    return any(n.startswith(_STACKED_LAYERS) and not n[len(_STACKED_LAYERS) :][:1].isdigit() for n in names)
+
+
+def from_dist_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Full tensors under megatron's checkpoint names -> canonical (local spec) names.
+
+    ``decoder.layers.<sub>`` of shape ``[layers, ...]`` becomes ``decoder.layers.<i>.<sub>``; the
+    norms stored under Transformer Engine's names get the local ones. ``fc1`` is stored as the
+    full ``[gate; up]`` already, like the canonical layout. Transformer Engine's ``_extra_state``
+    entries are dropped: the model refills them. Consumes ``tensors``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name in list(tensors):
+        t = tensors.pop(name)
+        if "_extra_state" in name:
+            continue
+        rest = name[len(_STACKED_LAYERS) :]
+        if name.startswith(_STACKED_LAYERS) and not rest[:1].isdigit():
+            for i, layer in enumerate(t.unbind(0)):
+                out[canonical_name(f"{_STACKED_LAYERS}{i}.{rest}")] = layer.clone()
+        else:
+            out[canonical_name(name)] = t
+    return out
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

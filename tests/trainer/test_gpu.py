@@ -45,7 +45,8 @@ def test_gpu_training_writes_loadable_checkpoints(data_cache: Path, local_store:
     assert result.losses[-1] < result.losses[0] - 0.5, result.losses
     assert [c.tokens for c in local_store.list_checkpoints("gpu")] == [2560, 5120, 7680, 10240]
     last = local_store.latest_checkpoint("gpu")
-    assert {"model.safetensors", "train_state.pt", "train_state.json"} <= {f.name for f in last.files}
+    names = {f.name for f in last.files}  # Megatron's torch_dist layout, optimizer state included
+    assert {"latest_checkpointed_iteration.txt", "iter_0000040/.metadata", "train_state.json"} <= names
     cpu_model = load_run_model(local_store, "gpu")  # bf16 weights load into a CPU fp32 model
     assert next(cpu_model.parameters()).dtype == torch.float32
     tokens = torch.randint(0, 500, (2, 64))
@@ -96,15 +97,26 @@ def test_gpu_resume_continues_the_uninterrupted_run(
     assert diff / update < 0.02, (diff, update)
 
 
-def test_gpu_resume_refuses_the_other_optimizer(data_cache: Path, local_store: Any) -> None:
+def test_gpu_legacy_layout_refuses_the_other_optimizer(data_cache: Path, local_store: Any) -> None:
+    """The legacy safetensors layout keeps megatron's per-rank optimizer state: same optimizer only."""
     from trainer.loop import Trainer
 
-    Trainer(_cfg(data_cache, "x", train_tokens=2560), store=local_store).train()
+    legacy = {"checkpoint.format": "safetensors"}
+    Trainer(_cfg(data_cache, "x", train_tokens=2560, **legacy), store=local_store).train()
+    assert "train_state.pt" in {f.name for f in local_store.latest_checkpoint("x").files}
     with pytest.raises(ValueError, match="distributed optimizer"):
         Trainer(
-            _cfg(data_cache, "x", train_tokens=5120, **{"parallel.distributed_optimizer": True}),
+            _cfg(data_cache, "x", train_tokens=5120, **legacy, **{"parallel.distributed_optimizer": True}),
             store=local_store,
         )
+
+
+def test_gpu_checkpoint_does_not_resume_on_cpu(data_cache: Path, local_store: Any) -> None:
+    from trainer.loop import Trainer
+
+    Trainer(_cfg(data_cache, "y", train_tokens=2560), store=local_store).train()
+    with pytest.raises(ValueError, match="GPU engine's optimizer state"):
+        Trainer(load_cpu_config(data_cache, "y", train_tokens=5120), store=local_store)
 
 
 @pytest.mark.slow

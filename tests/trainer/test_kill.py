@@ -45,15 +45,13 @@ def test_sigkill_mid_save_then_resume_then_sigterm(data_cache: Path, tmp_path: P
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WSM_TRAINER_TEST_UPLOAD_DELAY": "60:5120"}
     ckpt_dir = store_dir / "runs" / "k" / "checkpoints"
 
-    # 1. The second checkpoint hangs inside its upload: kill the process there.
+    # 1. The second checkpoint, its shards written asynchronously, hangs inside its publish: kill
+    #    the process there.
     log1 = tmp_path / "first.log"
     proc = _start(args, log1, env)
+    staging = ".tmp-000000000000005120-"  # the publisher's staging dir of the second checkpoint
     _wait_for(
-        lambda: (
-            ckpt_dir.is_dir()
-            and any(p.name.startswith(".tmp-") for p in ckpt_dir.iterdir())
-            and len(store.list_checkpoints("k")) == 1
-        ),
+        lambda: ckpt_dir.is_dir() and any(p.name.startswith(staging) for p in ckpt_dir.iterdir()),
         240,
         proc,
         log1,
@@ -61,6 +59,8 @@ def test_sigkill_mid_save_then_resume_then_sigterm(data_cache: Path, tmp_path: P
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert [c.tokens for c in store.list_checkpoints("k")] == [2560]  # no half checkpoint visible
+    hidden = {p.name.split("-")[1] for p in ckpt_dir.iterdir() if p.name.startswith(".tmp-")}
+    assert hidden == {"dcp", "000000000000005120"}  # the shards' scratch dir and the staging dir
 
     # 2. Restart without the delay: resumes from 2560, then a SIGTERM stops it with a final save.
     env.pop("WSM_TRAINER_TEST_UPLOAD_DELAY")
@@ -72,5 +72,7 @@ def test_sigkill_mid_save_then_resume_then_sigterm(data_cache: Path, tmp_path: P
     assert proc.wait(120) == 0, log2.read_text()[-3000:]
     tokens = [c.tokens for c in store.list_checkpoints("k")]
     assert tokens[0] == 2560 and tokens[-1] > 2560
-    assert store.latest_checkpoint("k").extra.get("final") is True or tokens[-1] % 2560 == 0
-    store.cleanup_stale(older_than=0)  # the killed save's staging dir is a removable leftover
+    latest = store.latest_checkpoint("k")
+    assert latest is not None and (latest.extra.get("final") is True or tokens[-1] % 2560 == 0)
+    store.cleanup_stale(older_than=0)  # the killed save's scratch and staging dirs are removable leftovers
+    assert not any(p.name.startswith(".tmp-") for p in ckpt_dir.iterdir())

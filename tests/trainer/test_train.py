@@ -50,7 +50,16 @@ def test_checkpoints_and_metrics_are_in_the_store(trained: tuple[Any, Any]) -> N
     assert [c.tokens for c in ckpts] == [2560, 5120, 7680, 10240]
     assert result.checkpoints == [2560, 5120, 7680, 10240]
     last = ckpts[-1]
-    assert last.step == 40 and {f.name for f in last.files} >= {"model.safetensors", "train_state.json"}
+    names = {f.name for f in last.files}
+    assert last.step == 40 and names >= {
+        "latest_checkpointed_iteration.txt",  # Megatron-LM's layout, every file in the manifest
+        "iter_0000040/.metadata",
+        "iter_0000040/common.pt",
+        "iter_0000040/metadata.json",
+        "train_state.json",
+    }
+    assert any(n.startswith("iter_0000040/__0_") and n.endswith(".distcp") for n in names)
+    assert not any(n.endswith(".safetensors") for n in names)  # nothing gathered
     assert last.extra["val_loss"] > 0
     store.verify(last)  # sizes and sha256 match the manifest
     run = store.get_run("main")

@@ -151,11 +151,21 @@ class FileStore:
         """Check files against the manifest: sizes with one listing, and their content too when ``full``
         (the fast checksums where the manifest has them, else sha256)."""
         wanted = [manifest.file(n) for n in names] if names is not None else manifest.files
+        base = self.full_path(manifest.dir)
         try:
-            listing = self.fs.ls(self.full_path(manifest.dir), detail=True)
+            if any("/" in e.name for e in wanted):  # a format's directory tree: one recursive listing
+                found = self.fs.find(base, detail=True)
+                listing = [{**info, "name": path} for path, info in found.items()]
+            else:
+                listing = self.fs.ls(base, detail=True)
         except FileNotFoundError:
             listing = []
-        sizes = {str(i["name"]).rstrip("/").rsplit("/", 1)[-1]: int(i.get("size") or 0) for i in listing}
+        marker = f"{manifest.dir}/"  # names relative to the artifact, whatever the backend's path form
+        sizes = {
+            str(i["name"]).rstrip("/").rsplit(marker, 1)[-1]: int(i.get("size") or 0)
+            for i in listing
+            if i.get("type") != "directory"
+        }
         for entry in wanted:
             integrity.check_size(manifest.path(entry.name), entry, sizes.get(entry.name))
         if full:

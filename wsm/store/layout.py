@@ -7,6 +7,7 @@ path produced here never leaves its collection.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from wsm.store.names import checkpoint_name, validate_name
 
@@ -15,6 +16,10 @@ MODEL_FILE = "model.safetensors"
 MODEL_INDEX_FILE = "model.safetensors.index.json"
 TRAIN_STATE_FILE = "train_state.pt"
 TOKENIZER_FILE = "tokenizer.json"
+MEGATRON_TRACKER_FILE = "latest_checkpointed_iteration.txt"
+"""Megatron-LM's pointer to the ``iter_<N>/`` directory of a ``torch_dist`` checkpoint."""
+DCP_METADATA_FILE = ".metadata"
+"""Written last into a PyTorch DCP directory: its presence marks the directory complete."""
 
 RUNS = "runs"
 CHECKPOINTS = "checkpoints"
@@ -27,6 +32,7 @@ JOBS = "jobs"
 SEGMENT_WIDTH = 10
 """Digits of a metrics segment number (``0000000007.jsonl``)."""
 
+_ITER_DIR_RE = re.compile(r"^iter_[0-9]{7,}$")
 _ARTIFACT_DIR_RE = re.compile(rf"^{RUNS}/([^/]+)/({CHECKPOINTS}|{MODELS}|{EVALS})/([^/]+)/")
 _SEGMENT_RE = re.compile(rf"^[0-9]{{{SEGMENT_WIDTH}}}\.jsonl$")
 
@@ -105,3 +111,26 @@ def artifact_dir_of(relpath: str) -> str | None:
     """The artifact directory (checkpoint/model/eval) containing ``relpath``, if any."""
     m = _ARTIFACT_DIR_RE.match(relpath)
     return m.group(0).rstrip("/") if m else None
+
+
+def megatron_iter_dir(step: int) -> str:
+    """Megatron-LM's name of the directory of the checkpoint after ``step`` iterations."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"iteration must be a non-negative int, not {step!r}")
+    return f"iter_{step:07d}"
+
+
+def dcp_dir_of(file_names: Iterable[str]) -> str | None:
+    """The DCP directory of a checkpoint in Megatron-LM's layout (``iter_0000100``), from the
+    names its manifest lists; None for a checkpoint without one (``model.safetensors`` layout)."""
+    names = set(file_names)
+    if MEGATRON_TRACKER_FILE not in names:
+        return None
+    dirs = sorted(
+        n.split("/", 1)[0]
+        for n in names
+        if n.count("/") == 1
+        and n.endswith(f"/{DCP_METADATA_FILE}")
+        and _ITER_DIR_RE.match(n.split("/", 1)[0])
+    )
+    return dirs[-1] if dirs else None

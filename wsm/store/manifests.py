@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 import wsm
 from wsm.store import layout
-from wsm.store.names import validate_name
+from wsm.store.names import validate_tree_path
 
 SCHEMA_VERSION = 2
 """Bump when a field changes meaning or a required field is added; readers refuse newer versions.
@@ -58,7 +58,8 @@ class Checksums(BaseModel):
 
 
 class FileEntry(BaseModel):
-    """One data file of an artifact: its name inside the artifact directory, size, sha256 and checksums."""
+    """One data file of an artifact: its name (a relative path for a format's directory tree) inside
+    the artifact directory, size, sha256 and checksums."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -72,7 +73,7 @@ class FileEntry(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        return validate_name(v, "file name")
+        return validate_tree_path(v, "file name")
 
     @model_validator(mode="after")
     def _blocks_cover_file(self) -> FileEntry:

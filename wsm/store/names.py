@@ -11,6 +11,12 @@ import re
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
+PATH_PART_PATTERN = r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,127}$"
+"""A component of a store path or of a file inside an artifact: may start with ``.`` or ``_``,
+because checkpoint formats fix such file names (PyTorch DCP's ``.metadata``, ``__0_0.distcp``)."""
+_PATH_PART_RE = re.compile(PATH_PART_PATTERN)
+_RESERVED_PREFIXES = (".tmp-", ".trash-")  # staging and trash entries (wsm.store.backend)
+
 TOKEN_WIDTH = 18
 """Digits of a checkpoint name; 10**18 tokens is far beyond any pre-training run."""
 
@@ -38,13 +44,30 @@ def validate_name(value: object, what: str = "name") -> str:
 
 
 def validate_relpath(value: object, what: str = "store path") -> str:
-    """Validate a store-relative path such as ``runs/r1/checkpoints/000…/model.safetensors``."""
+    """Validate a store-relative path such as ``runs/r1/checkpoints/000…/iter_0000100/.metadata``.
+
+    Components follow :data:`PATH_PART_PATTERN`; ``.``, ``..`` and staging/trash names are refused.
+    """
     if not isinstance(value, str) or not value:
         raise InvalidNameError(what, value, "must be a non-empty relative path")
     for part in value.split("/"):
-        if not isinstance(part, str) or not _NAME_RE.fullmatch(part) or ".." in part:
-            raise InvalidNameError(what, value, f"component {part!r} must match {NAME_PATTERN}")
+        if (
+            not _PATH_PART_RE.fullmatch(part)
+            or part == "."
+            or ".." in part
+            or part.startswith(_RESERVED_PREFIXES)
+        ):
+            raise InvalidNameError(what, value, f"component {part!r} must match {PATH_PART_PATTERN}")
     return value
+
+
+def validate_tree_path(value: object, what: str = "file name") -> str:
+    """A file inside an artifact that holds a directory tree (``iter_0000100/__0_0.distcp``).
+
+    Only whole trees written by a format (``Publisher.put_tree``) use such names; single files
+    keep the stricter :func:`validate_name`.
+    """
+    return validate_relpath(value, what)
 
 
 def checkpoint_name(tokens: int) -> str:

@@ -27,7 +27,7 @@ from wsm.store import backend, layout
 from wsm.store.checksums import ChecksumWriter
 from wsm.store.errors import ArtifactExistsError, StoreError
 from wsm.store.manifests import FileEntry, Manifest
-from wsm.store.names import validate_name
+from wsm.store.names import validate_name, validate_tree_path
 
 if TYPE_CHECKING:
     from wsm.store.store import Store
@@ -133,8 +133,10 @@ class Publisher(Generic[M]):
 
     def open(self, name: str, *, block_size: int | None = None) -> HashingWriter:
         """A streaming writer for data file ``name`` (large files go up as multipart on S3)."""
+        return self._open_file(validate_name(name, "file name"), block_size)
+
+    def _open_file(self, name: str, block_size: int | None = None) -> HashingWriter:
         staging = self._require_started()
-        validate_name(name, "file name")
         if name == layout.MANIFEST:
             raise StoreError(f"{self.dir}: {layout.MANIFEST} is written by the publisher itself")
         if name in self._entries or name in self._open:
@@ -168,6 +170,54 @@ class Publisher(Generic[M]):
             while chunk := src.read(COPY_CHUNK):
                 dst.write(chunk)
         return self._entries[name]
+
+    def put_tree(
+        self, local_dir: str | os.PathLike[str], prefix: str = "", *, link: bool = False
+    ) -> list[FileEntry]:
+        """Every file under ``local_dir`` as ``prefix/<relative path>`` (a format's directory tree,
+        e.g. Megatron's ``iter_0000100/``), in sorted order; each is listed in the manifest.
+
+        ``link=True`` on a local store hard-links the files into the artifact instead of copying
+        them (same filesystem; they are read once to hash), falling back to a copy.
+        """
+        root = os.fspath(local_dir)
+        names = sorted(
+            os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+            for d, _, files in os.walk(root)
+            for f in files
+        )
+        out = []
+        for rel in names:
+            name = validate_tree_path(f"{prefix}/{rel}" if prefix else rel, "file name")
+            src = os.path.join(root, rel)
+            if not (link and self._link(name, src)):
+                with open(src, "rb") as f, self._open_file(name) as dst:
+                    while chunk := f.read(COPY_CHUNK):
+                        dst.write(chunk)
+            out.append(self._entries[name])
+        return out
+
+    def _link(self, name: str, src: str) -> bool:
+        """Hard-link ``src`` into the staging dir and list it; False where that is not possible."""
+        staging = self._require_started()
+        if not self._store.is_local or name in self._entries or name == layout.MANIFEST:
+            return False
+        target = os.path.join(staging, *name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.link(src, target)
+        except OSError:
+            return False
+        self._opened.add(name)
+        # A linked file is read once to get what a written one gets while it streams: sha256 and checksums.
+        sha, sums, size = hashlib.sha256(), ChecksumWriter(self._store.checksum_block_size), 0
+        with open(target, "rb") as f:
+            while chunk := f.read(COPY_CHUNK):
+                sha.update(chunk)
+                sums.update(chunk)
+                size += len(chunk)
+        self._entries[name] = FileEntry(name=name, size=size, sha256=sha.hexdigest(), checksums=sums.result())
+        return True
 
     def update(self, **fields: Any) -> None:
         """Set manifest fields known only at the end (timings, bytes_read, metrics...)."""
