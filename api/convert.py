@@ -58,6 +58,7 @@ def job_out(record: JobRecord, status_url: str, *, created: bool | None = None) 
         run=spec.run,
         state=record.state,
         stage=record.stage,
+        phases=record.phases(),
         progress=round(record.progress, 2),
         message=redactor.text(record.message),
         error=redactor.text(record.error) if record.error is not None else None,

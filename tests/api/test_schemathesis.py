@@ -5,10 +5,10 @@ documented, schema-valid requests accepted, invalid ones rejected, auth enforced
 synthetic run.
 
 Twice: with a token (the deployment's set-up: auth required on ``POST /anneal``) and without
-one (auth documented as optional). One allowance, on ``POST /anneal`` only: a schema-valid body
-may still get 422, because the window, the curve's parameters and the run's checkpoints are
-checked together (``invalid_window``: longer than the run; ``invalid_curve``: alpha without ema)
-and no schema can say that.
+one (auth documented as optional). One allowance, on ``POST /anneal``, ``/policies`` and ``/grids``
+only: a schema-valid body may still get 422, because the window, the curve's parameters and the
+run's checkpoints are checked together (``invalid_window``: longer than the run; ``invalid_curve``:
+alpha without ema) and no schema can say that.
 """
 
 from __future__ import annotations
@@ -48,10 +48,11 @@ def _schema(name: str, token: str | None) -> BaseSchema:
         "checks": {"enabled": True},
         "operations": [
             {
-                "include-path": "/anneal",
+                "include-path": path,
                 "include-method": "POST",
                 "checks": {"positive_data_acceptance": {"expected-statuses": [*POSITIVE_ACCEPTED, "422"]}},
             }
+            for path in ("/anneal", "/policies", "/grids")
         ],
     }
     if token:
