@@ -30,7 +30,7 @@ def one(value: float) -> Measure:
 def test_measure_mean_sd_and_se() -> None:
     m = measure([3.0, 3.2, 3.4])
     assert m is not None
-    assert (m.mean, m.n, m.source) == (pytest.approx(3.2), 3, "eval")
+    assert m.mean == pytest.approx(3.2) and (m.n, m.source) == (3, "eval")
     assert m.sd == pytest.approx(0.2) and m.se == pytest.approx(0.2 / math.sqrt(3))
     single = one(3.0)
     assert single.sd is None and single.se is None
@@ -187,8 +187,8 @@ def test_comparison_pairs_pools_seeds_and_flags() -> None:
     assert row.model_id == "r:anneal-1-sqrt" and row.decay_models == ["r:decay-a", "r:decay-b"]
     assert (row.window_start, row.window_end, row.checkpoints, row.interval) == (60, 100, 4, 10)
     loss = row.metrics["pretrain_val_loss"]
-    assert loss.merge is not None and (loss.merge.mean, loss.merge.n) == (pytest.approx(3.73), 2)
-    assert loss.decay is not None and (loss.decay.mean, loss.decay.n) == (pytest.approx(3.71), 2)
+    assert loss.merge is not None and loss.merge.mean == pytest.approx(3.73) and loss.merge.n == 2
+    assert loss.decay is not None and loss.decay.mean == pytest.approx(3.71) and loss.decay.n == 2
     assert loss.wso is not None and loss.wso.mean == 3.90 and loss.wso.source == "eval"
     assert loss.recovered == pytest.approx(0.17 / 0.19)
     assert loss.within_noise is False  # 0.19 is far above the checkpoints' and the seeds' noise

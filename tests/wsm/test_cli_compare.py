@@ -77,6 +77,8 @@ def api_url(seeded: Path, tmp_path: Path) -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def test_through_the_api_prints_the_same(seeded: Path, api_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_through_the_api_prints_the_same(
+    seeded: Path, api_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from_store = run(capsys, "--store", str(seeded), "--run", "demo", "--metric", "all")
     assert run(capsys, "--api", "--url", api_url, "--run", "demo", "--metric", "all") == from_store

@@ -286,6 +286,13 @@ export function trainingChart(series, checkpoints, spans, branches = []) {
 
 const KIND_COLOR = (row) => COLORS[row.kind];
 
+/** A long category label on two lines (Chart.js draws an array as lines) instead of cut off. */
+const twoLines = (text) => {
+  if (text.length <= 16) return text;
+  const middle = text.lastIndexOf(" ", Math.ceil(text.length / 2));
+  return middle > 0 ? [text.slice(0, middle), text.slice(middle + 1)] : text;
+};
+
 export function metricChart(id, rows, metric, valueOf) {
   const shown = rows.filter((r) => valueOf(r) !== null);
   const values = shown.map(valueOf);
@@ -293,7 +300,7 @@ export function metricChart(id, rows, metric, valueOf) {
   return draw(id, {
     type: "line",
     data: {
-      labels: shown.map((r) => r.short),
+      labels: shown.map((r) => twoLines(r.short)),
       datasets: [{ label: metric.label, data: values, showLine: false, pointRadius: 7, pointHoverRadius: 9,
         pointBackgroundColor: shown.map(KIND_COLOR), pointBorderColor: shown.map(KIND_COLOR),
         pointStyle: shown.map((r) => (r.kind === "wso" ? "rectRot" : "circle")) }],

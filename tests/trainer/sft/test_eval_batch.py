@@ -10,6 +10,7 @@ import pytest
 
 from tests.trainer.sft.conftest import TinyRun
 from trainer import evaluate as ev
+from trainer.eval_data import prepare_eval_data
 from trainer.evaluate import evaluate_model
 
 # The held-out pre-training loss only: what a policy's evaluations of a long run would use.
@@ -23,7 +24,7 @@ def test_batch_evaluates_every_model_and_prepares_data_once(
 
     ev._PREPARED.clear()
     calls: list[str] = []
-    real = ev.prepare_eval_data
+    real = prepare_eval_data
 
     def counting(sm: Any, config: Any) -> Any:
         calls.append(sm.model_dir)
