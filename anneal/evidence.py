@@ -127,6 +127,7 @@ class RunEvidence:
     evals: list[EvalManifest]
     val_loss: dict[int, float] = field(default_factory=dict)
     """The trainer's validation loss by tokens (one per checkpoint it saved)."""
+    _evaluated: dict[str, dict[int, float]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(
@@ -225,12 +226,14 @@ class RunEvidence:
         the trainer (its validation loss). Never mixed: the two may use different samples."""
         if source == "trainer":
             return dict(self.val_loss) if metric == VAL_METRIC else {}
-        out = {}
-        for t in self.checkpoint_tokens:
-            values = self.values(layout.checkpoint_dir(self.run, t), metric)
-            if values:
-                out[t] = sum(values) / len(values)
-        return out
+        if metric not in self._evaluated:  # asked once per pair and metric: computed once
+            out = {}
+            for t in self.checkpoint_tokens:
+                values = self.values(layout.checkpoint_dir(self.run, t), metric)
+                if values:
+                    out[t] = sum(values) / len(values)
+            self._evaluated[metric] = out
+        return dict(self._evaluated[metric])
 
     @property
     def anneals(self) -> list[ModelManifest]:
