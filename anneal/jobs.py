@@ -168,6 +168,16 @@ class JobRecord(BaseModel):
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    def phases(self) -> list[str]:
+        """The stages this job goes through, in order: publishing only for a split merge, the
+        evaluations only when it evaluates."""
+        out = ["queued", "resolving", "merging"]
+        if self.split_parts > 1:
+            out.append("publishing")
+        if self.spec.evaluate:
+            out += ["waiting_eval", "evaluating_anneal", "evaluating_baseline"]
+        return [*out, "done"]
+
     def last_sign_of_life(self) -> datetime:
         """When the job last showed progress (or was enqueued, if it never started)."""
         return max(t for t in (self.heartbeat_at, self.enqueued_at) if t is not None)

@@ -133,6 +133,23 @@ def evaluation_targets(spec: JobSpec) -> dict[EvalTarget, str]:
     }
 
 
+def evaluation_message(spec: JobSpec, target: str) -> str:
+    """What the evaluation of ``target`` measures, naming only the phases its config runs."""
+    cfg = spec.eval_config
+    if cfg is None:
+        return f"evaluating {target}"
+    phases = [
+        name
+        for name, runs in (
+            ("pre-training loss", cfg.pretrain_loss),
+            ("sharpness", cfg.sharpness.enabled and bool(cfg.sharpness_on)),
+            ("SFT and task accuracy", cfg.run_sft),
+        )
+        if runs
+    ]
+    return f"evaluating {target}: {', '.join(phases) or 'nothing enabled'}"
+
+
 def evaluate(
     evaluator: Evaluator,
     store: Store,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from anneal import external, jobs, pipeline
+from anneal import external, jobs, pipeline, policies
 from anneal.jobs import EvalSummary, JobRecord, utcnow
 from anneal.locks import job_lock
 from anneal.ports import Evaluator
@@ -311,7 +311,7 @@ def evaluate(
                     hb.save(
                         stage=f"evaluating_{which}",
                         progress=0.0,
-                        message=f"SFT evaluation of {targets[which]}",
+                        message=pipeline.evaluation_message(record.spec, targets[which]),
                     )
                     manifest = pipeline.evaluate(
                         evaluator, store, record.spec, targets[which], _eval_progress(hb)
@@ -403,4 +403,5 @@ class Recovery:
                     self._anneal(record.run, record.job_id)
                 self._sent[record.job_id] = mono
                 resent.append(record.job_id)
+        policies.sweep(self.store, self.settings, self._anneal)  # the jobs of policy points passed
         return resent

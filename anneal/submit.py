@@ -11,10 +11,10 @@ from __future__ import annotations
 import threading
 import weakref
 from datetime import timedelta
+from typing import Protocol
 
 from anneal import jobs
 from anneal.jobs import JobRecord, JobSpec, utcnow
-from anneal.outbox import Publisher
 from wsm.store import Store
 
 PIN_TTL = timedelta(days=7)
@@ -22,6 +22,17 @@ PIN_TTL = timedelta(days=7)
 
 _locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
 _locks_guard = threading.Lock()
+
+
+class Outbox(Protocol):
+    """Where an accepted job's message goes: the API's :class:`~anneal.outbox.Publisher`, or a
+    worker's direct enqueue (anneal/policies.py)."""
+
+    def check(self) -> None:
+        """Raise :class:`~anneal.errors.BrokerUnavailable` when a new job could not be sent."""
+
+    def submit(self, run: str, job_id: str) -> None:
+        """Send (or arrange to send) the message of a job whose record is written."""
 
 
 def _lock_for(job_id: str) -> threading.Lock:
@@ -33,7 +44,7 @@ def _lock_for(job_id: str) -> threading.Lock:
         return lock
 
 
-def submit(store: Store, spec: JobSpec, publisher: Publisher) -> tuple[JobRecord, bool]:
+def submit(store: Store, spec: JobSpec, publisher: Outbox) -> tuple[JobRecord, bool]:
     """The job for ``spec`` and whether this call created (or restarted) it.
 
     A queued, running or done job is returned as is; a failed one is queued again. A new job

@@ -26,7 +26,7 @@ from api.exposure import HostGuard, allowed_hosts, check_startup
 from api.limits import BodySizeLimit, HeaderSizeLimit
 from api.listing import CachedListing
 from api.redact import RedactErrors, Redactor
-from api.routes import anneal, curves, health, models, runs
+from api.routes import anneal, curves, grids, health, models, policies, research, runs
 from wsm.settings import Settings, get_settings
 from wsm.store import Store, open_store
 
@@ -66,7 +66,7 @@ def create_app(
         retry_s=settings.api_broker_retry_s,
     )
     errors.install(app)
-    for module in (anneal, runs, models, curves, health):
+    for module in (anneal, runs, research, policies, grids, models, curves, health):
         app.include_router(module.router)
     _mount_dashboard(app)
     openapi.install(app, token_required=bool(settings.api_token))

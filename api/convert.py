@@ -64,6 +64,7 @@ def job_out(
         run=spec.run,
         state=record.state,
         stage=record.stage,
+        phases=record.phases(),
         progress=round(record.progress, 2),
         message=redactor.text(record.message),
         error=redactor.text(record.error) if record.error is not None else None,

@@ -24,6 +24,9 @@ NAMED = {
     "run": {"pattern": rf"^(?!.*\.\.){NAME}$"},
     "job_id": {"pattern": r"^(?!.*\.\.)(?!.*\.$)[A-Za-z0-9][A-Za-z0-9._-]{0,122}$"},
     "model_id": {"pattern": rf"^(?!.*\.\.){NAME}:{NAME}$"},
+    # Policies and grids are stored like job records, ``<id>.json``: the same rule.
+    "policy_id": {"pattern": r"^(?!.*\.\.)(?!.*\.$)[A-Za-z0-9][A-Za-z0-9._-]{0,122}$"},
+    "grid_id": {"pattern": r"^(?!.*\.\.)(?!.*\.$)[A-Za-z0-9][A-Za-z0-9._-]{0,122}$"},
 }
 
 ERROR_REF = "#/components/schemas/ErrorOut"
@@ -36,7 +39,7 @@ ANY_ROUTE = {
     "431": "Request line and headers larger than WSM_API_MAX_HEADER_BYTES",
     "503": "The store (or the broker) is unavailable",
 }
-WITH_PATH_NAMES = {"404": "Unknown run, job or model"}
+WITH_PATH_NAMES = {"404": "Unknown run, job, model, policy or grid"}
 WITH_INPUT = {"422": "Invalid request: the message names the bad field and the valid choices"}
 
 

@@ -1,4 +1,5 @@
-"""``GET /runs/{run}/metrics/series``: a run's loss and LR curve, downsampled for charts.
+"""``GET /runs/{run}/metrics/series``: a run's loss and LR curve, downsampled for charts, and
+``GET /runs/{run}/branches``: each real-decay branch's own loss and LR from its fork point.
 
 ``GET /runs/{run}`` returns the newest records only (``metrics_limit``), which shows the tail of a
 long run. A chart of the whole run needs every part of it at a bounded size: training records are
@@ -15,7 +16,11 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from anneal import resolve
+from anneal.evidence import curve_label
+from api.convert import model_id
 from api.deps import StoreDep, run_name
+from api.schemas_research import BranchCurve, BranchList, BranchPoint
+from wsm.store import ModelManifest
 
 router = APIRouter(tags=["runs"])
 
@@ -95,3 +100,51 @@ def metric_series(
     records = store.read_metrics(name)
     bucket, train, val = downsample(records, points)
     return MetricSeries(run=name, records=len(records), bucket=bucket, train=train, val=val)
+
+
+def branch_curve(m: ModelManifest, points: int) -> BranchCurve | None:
+    """A baseline's steps as (tokens, lr, loss), placed from its fork point; None without a fork."""
+    config, extra = m.config or {}, m.extra or {}
+    fork, tps = m.branch_tokens, config.get("tokens_per_step")
+    fork_step = config.get("fork_step")
+    if fork is None or not isinstance(tps, int) or not isinstance(fork_step, int) or tps <= 0:
+        return None
+    lrs = [v if _num(v) else None for v in extra.get("lrs") or []]
+    losses = dict(zip(extra.get("loss_steps") or [], extra.get("losses") or [], strict=False))
+    # The first branch step is fork_step + 1: its LR applied to the step that ends there.
+    steps = sorted({fork_step + 1 + i for i in range(len(lrs))} | {s for s in losses if isinstance(s, int)})
+    stride = max(1, math.ceil(len(steps) / points))
+    kept = [s for i, s in enumerate(steps) if i % stride == 0 or s in losses or i == len(steps) - 1]
+    out = []
+    for step in kept:
+        i = step - fork_step - 1
+        loss = losses.get(step)
+        out.append(
+            BranchPoint(
+                tokens=step * tps,
+                lr=lrs[i] if 0 <= i < len(lrs) else None,
+                loss=loss if _num(loss) else None,
+            )
+        )
+    return BranchCurve(
+        model_id=model_id(m.run, m.name),
+        curve=curve_label(m),
+        fork_tokens=fork,
+        end_tokens=m.tokens,
+        points=out,
+    )
+
+
+@router.get(
+    "/runs/{run}/branches",
+    response_model=BranchList,
+    summary="Real-decay branches of a run: their own loss and LR, from the fork point",
+)
+def branches(
+    run: str,
+    store: StoreDep,
+    points: int = Query(default=400, ge=10, le=20_000, description="At most this many steps per branch."),
+) -> BranchList:
+    name = resolve.choose_run(store, run_name(run))
+    curves = (branch_curve(m, points) for m in store.list_models(name, kind="baseline"))
+    return BranchList(branches=sorted((c for c in curves if c), key=lambda c: (c.fork_tokens, c.model_id)))

@@ -140,6 +140,11 @@ class JobOut(BaseModel):
     run: str = Field(description="Run the job anneals.")
     state: JobState = Field(description="queued, running, done or failed.")
     stage: JobStage = Field(description="Current pipeline stage.")
+    phases: list[JobStage] = Field(
+        default_factory=list,
+        description="The stages this job goes through, in order: 'publishing' only for a split merge, "
+        "the evaluation stages only when it evaluates.",
+    )
     progress: float = Field(ge=0.0, le=100.0, description="Percent of the current stage done (0-100).")
     message: str = Field(default="", description="Human-readable status line.")
     error: str | None = Field(default=None, description="Why the job failed (state 'failed').")

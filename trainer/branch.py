@@ -66,6 +66,22 @@ def _named_collision(run: str, name: str) -> Iterator[None]:
         raise _taken(run, name) from None
 
 
+def _logged_losses(result: TrainResult, log_every: int) -> dict[str, list[Any]]:
+    """The branch's training losses with the optimizer step of each (the loop logs every
+    ``log_every`` steps and at the last), so its loss curve can be drawn from the fork point.
+
+    ``lrs`` has one value per step from ``start_step + 1``; losses only at logged steps. If the
+    count does not add up (a stop signal logged an extra step), the losses are left out rather
+    than drawn at the wrong places.
+    """
+    steps = [
+        s for s in range(result.start_step + 1, result.step + 1) if s % log_every == 0 or s == result.step
+    ]
+    if len(steps) != len(result.losses):
+        return {}
+    return {"loss_steps": steps, "losses": result.losses}
+
+
 def decay_branch(
     run: str,
     *,
@@ -153,6 +169,7 @@ def decay_branch(
                 },
                 extra={
                     "lrs": result.lrs,
+                    **_logged_losses(result, cfg.log_every),
                     "final_loss": result.losses[-1] if result.losses else None,
                     "val_loss": val,
                 },

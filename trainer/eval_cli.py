@@ -1,6 +1,8 @@
-"""``wsm evaluate MODEL``: SFT + all metrics for a stored checkpoint or model, printed and stored.
+"""``wsm evaluate MODEL [MODEL ...]``: SFT + all metrics for stored checkpoints or models, printed and stored.
 
-MODEL is a store directory (``runs/r/checkpoints/000000000000204800``, ``runs/r/models/anneal-80B``)
+Several models are evaluated one after the other in this one process: torch, the model code and
+the run's tokenised evaluation data are loaded once (trainer/evaluate.py caches the data per run
+and config), not once per model. Each MODEL is a store directory (``runs/r/checkpoints/000000000000204800``, ``runs/r/models/anneal-80B``)
 or a short spec: ``RUN`` (newest checkpoint), ``RUN/latest``, ``RUN/TOKENS`` (a checkpoint by token
 count, e.g. ``r/200k``) or ``RUN/NAME`` (an annealed or baseline model).
 """
@@ -80,32 +82,43 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from trainer.evaluate import evaluate_model
+    from trainer.load import resolve
     from wsm.store import open_store
 
     if args.threads:
         torch.set_num_threads(args.threads)
     store = open_store(args.store)
-    run, model_dir = parse_model_spec(store, args.model)
+    # Every argument is checked (the model exists) before the first, slow, evaluation starts.
+    targets = list(dict.fromkeys(parse_model_spec(store, spec) for spec in args.model))
+    for run, model_dir in targets:
+        resolve(store, run, model_dir)
     config = load_eval_config(args.config, args.set, args.suite)
-    manifest = evaluate_model(
-        store,
-        run,
-        model_dir,
-        config,
-        force=args.force,
-        progress=_progress_logger(model_dir),
-    )
+    manifests = []
+    for i, (run, model_dir) in enumerate(targets, start=1):
+        if len(targets) > 1:
+            log.info("evaluating %d of %d: %s", i, len(targets), model_dir)
+        manifest = evaluate_model(
+            store, run, model_dir, config, force=args.force, progress=_progress_logger(model_dir)
+        )
+        manifests.append(manifest)
+        if not args.json:
+            _print(manifest, first=i == 1)
     if args.json:
-        print(manifest.model_dump_json(indent=1))
-    else:
-        print(f"{manifest.model_id}  ({manifest.dir}, {manifest.duration_s:.1f}s)")
-        print(format_metrics(manifest.metrics))
-        if manifest.extra.get("skipped"):
-            print("skipped: " + json.dumps(manifest.extra["skipped"]))
-        suite = manifest.extra.get("suite") or {}
-        if suite.get("dropped"):
-            print("dropped SFT records: " + json.dumps(suite["dropped"]))
+        docs = [json.loads(m.model_dump_json()) for m in manifests]
+        print(json.dumps(docs[0] if len(args.model) == 1 else docs, indent=1))
     return 0
+
+
+def _print(manifest: Any, *, first: bool) -> None:
+    if not first:
+        print()
+    print(f"{manifest.model_id}  ({manifest.dir}, {manifest.duration_s:.1f}s)")
+    print(format_metrics(manifest.metrics))
+    if manifest.extra.get("skipped"):
+        print("skipped: " + json.dumps(manifest.extra["skipped"]))
+    suite = manifest.extra.get("suite") or {}
+    if suite.get("dropped"):
+        print("dropped SFT records: " + json.dumps(suite["dropped"]))
 
 
 def _progress_logger(model_dir: str) -> Callable[[str, float], None]:
@@ -128,12 +141,12 @@ def register(subparsers: Any) -> None:
 
     parser = subparsers.add_parser(
         "evaluate",
-        help="fine-tune and evaluate a stored checkpoint or model (cached in the store)",
+        help="fine-tune and evaluate stored checkpoints or models (cached in the store)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (--set key=value):\n" + "\n".join(describe_fields(EvalConfig)),
     )
-    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("model", nargs="+", help=MODEL_HELP + "; several are evaluated in one process")
     parser.add_argument("--suite", help="SFT suite: builtin (default) or a .json/.jsonl file or directory")
     parser.add_argument("--config", help="YAML file with EvalConfig fields")
     parser.add_argument(
@@ -146,5 +159,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--store", help="store URL (default WSM_STORE_URL)")
     parser.add_argument("--force", action="store_true", help="recompute and replace a stored result")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--json", action="store_true", help="print the stored EvalManifest as JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the stored EvalManifest as JSON (a list for several models)",
+    )
     parser.set_defaults(func=_run)

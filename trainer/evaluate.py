@@ -24,6 +24,7 @@ on the same machine type.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -109,24 +110,46 @@ def deterministic(seed: int) -> Iterator[None]:
 
 
 class _Phases:
-    """Maps phase-local progress to overall progress for the caller's callback."""
+    """Maps phase-local progress to overall progress for the caller's callback.
 
-    WEIGHTS: ClassVar[dict[str, int]] = {"load": 1, "pretrain_loss": 1, "sharpness": 3, "sft": 4, "tasks": 1}
-    BENCH_WEIGHT: ClassVar[int] = 2
+    Only the phases the config runs count (and are named): an evaluation without SFT reports
+    ``load`` and ``pretrain_loss``, and its progress is spread over those alone.
+    """
 
-    def __init__(self, callback: Progress | None, bench: bool = False) -> None:
+    WEIGHTS: ClassVar[dict[str, int]] = {
+        "load": 1,
+        "pretrain_loss": 1,
+        "sharpness": 3,
+        "sft": 4,
+        "tasks": 1,
+        "bench": 2,
+    }
+
+    def __init__(self, callback: Progress | None, config: EvalConfig | None = None) -> None:
         self.callback = callback
-        self.weights = {**self.WEIGHTS, "bench": self.BENCH_WEIGHT if bench else 0}
+        self.weights = {name: w for name, w in self.WEIGHTS.items() if config is None or runs(config, name)}
         self.total = sum(self.weights.values())
         self.done = 0.0
 
     def report(self, phase: str, fraction: float) -> None:
-        if self.callback is not None:
+        if self.callback is not None and phase in self.weights:
             self.callback(phase, min(1.0, (self.done + self.weights[phase] * fraction) / self.total))
 
     def finish(self, phase: str) -> None:
         self.report(phase, 1.0)
-        self.done += self.weights[phase]
+        self.done += self.weights.get(phase, 0)
+
+
+def runs(config: EvalConfig, phase: str) -> bool:
+    """Whether ``config`` runs ``phase`` (load, pretrain_loss, sharpness, sft, tasks, bench)."""
+    return {
+        "load": True,
+        "pretrain_loss": config.pretrain_loss,
+        "sharpness": config.sharpness.enabled and bool(config.sharpness_on),
+        "sft": config.run_sft,
+        "tasks": config.run_sft,
+        "bench": config.bench.enabled,
+    }[phase]
 
 
 def _sweep_progress(phases: _Phases, index: int, runs: int, fraction: float) -> None:
@@ -206,18 +229,49 @@ def run_peak_lr(sm: StoredModel) -> float:
     return float(lr)
 
 
+_PREPARED: collections.OrderedDict[str, Prepared] = collections.OrderedDict()
+PREPARED_CACHE = 4
+"""Prepared evaluation data kept per process: every model of a run evaluated with one config
+shares it (tokenised suite, held-out pre-training sequences), so ``wsm evaluate A B C`` and an eval
+worker pay that start-up once, not per model."""
+
+
+def prepared_data(sm: StoredModel, config: EvalConfig) -> Prepared:
+    """:func:`prepare_eval_data` for ``sm``'s run and ``config``, cached (read-only afterwards)."""
+    key = json.dumps(
+        {
+            "run": sm.run.run,
+            "created": sm.run.created_at.isoformat(),
+            "tokenizer": str(sm.tokenizer_path),
+            "seq_length": sm.model_cfg.seq_length,
+            "config": config.model_dump(mode="json"),
+            "suite": suite_sha256(config.suite),
+        },
+        sort_keys=True,
+    )
+    if key in _PREPARED:
+        _PREPARED.move_to_end(key)
+        log.info("evaluation data of run %s reused", sm.run.run)
+        return _PREPARED[key]
+    data = prepare_eval_data(sm, config)
+    _PREPARED[key] = data
+    while len(_PREPARED) > PREPARED_CACHE:
+        _PREPARED.popitem(last=False)
+    return data
+
+
 def compute(
     store: Store, sm: StoredModel, config: EvalConfig, progress: Progress | None = None
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """All metrics of one evaluation (nothing is stored); returns ``(metrics, extra)``."""
-    phases = _Phases(progress, bench=config.bench.enabled)
+    phases = _Phases(progress, config)
     device = pick_device(config.device)
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
     t = time.perf_counter()
     base = load_weights(store, sm.manifest)
     model = build_stored_model(store, sm, device)
-    data = prepare_eval_data(sm, config)
+    data = prepared_data(sm, config)
     timings["load"] = time.perf_counter() - t
     phases.finish("load")
 
@@ -253,7 +307,8 @@ def compute(
         phases.finish("sft")
         phases.finish("tasks")
     extra.update(
-        skipped=data.skipped,
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        skipped=dict(data.skipped),
         suite={
             "name": data.suite_name,
             "sha256": suite_sha256(config.suite),

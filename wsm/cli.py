@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "wsm.commands.serve",
     "worker": "anneal.broker.worker_cli",
     "anneal": "wsm.commands.anneal",
+    "compare": "wsm.commands.compare",
     "evaluate": "trainer.eval_cli",
     "export": "trainer.export_cli",
 }

@@ -3,9 +3,12 @@
 import { api, enc } from "./js/api.js";
 import * as charts from "./js/charts.js";
 import { $, code, fillSelect, h, setState } from "./js/dom.js";
-import { METRICS, formatMetric, formatNumber, formatTokens, metricValue } from "./js/format.js";
+import { METRICS, formatLoss, formatMetric, formatNumber, formatTokens, metricValue } from "./js/format.js";
+import { initGridForm, showGrids, syncGridCurves } from "./js/grids.js";
 import { initForm, showJobs } from "./js/jobs.js";
-import { buildPoints } from "./js/variants.js";
+import { initPolicyForm, showPolicies } from "./js/policies.js";
+import { renderFrontier, renderPairs } from "./js/research.js";
+import { buildPoints, curveLabel } from "./js/variants.js";
 
 const REFRESH_MS = 15000;
 const state = { runs: [], run: null, data: null, points: [], point: null, variant: null };
@@ -63,7 +66,7 @@ function renderStats(detail, series) {
   const last = series.train.at(-1);
   const stats = [
     ["tokens", formatTokens(detail.latest_tokens)], ["step", detail.latest_step ?? "–"],
-    ["checkpoints", detail.checkpoints], ["loss", formatNumber(last?.loss ?? null)],
+    ["checkpoints", detail.checkpoints], ["loss", formatLoss(last?.loss ?? null)],
     ["LR", formatNumber(last?.lr ?? null, 3)],
   ];
   $("#run-stats").replaceChildren(...stats.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v))));
@@ -82,11 +85,12 @@ function renderTraining() {
   setState("training", null);
   const spans = models.filter((m) => m.window_start !== null && m.window_end !== null).map((m) => ({
     start: m.window_start, end: m.window_end, selected: m.id === state.variant, kind: m.kind,
-    label: `${m.kind === "baseline" ? "real decay " : ""}${m.curve?.name ?? "?"} ${formatTokens(m.window_end - m.window_start)}` }));
-  charts.trainingChart(series, checkpoints.map((c) => c.tokens), spans);
+    label: `${m.kind === "baseline" ? "real decay " : ""}${curveLabel(m.curve)} ${formatTokens(m.window_end - m.window_start)}` }));
+  charts.trainingChart(series, checkpoints.map((c) => c.tokens), spans, state.data.branches);
 }
 
-const shortLabel = (row) => row.kind === "wso" ? "WSO" : row.kind === "baseline" ? "real decay"
+const shortLabel = (row) => row.kind === "wso" ? "WSO" : row.kind === "baseline"
+  ? `real decay ${row.curve} ${formatTokens(row.window)}`
   : `${row.curve} ${formatTokens(row.window)}${row.interval ? ` / ${formatTokens(row.interval)}` : ""}`;
 
 function metricCell(row, metric, best) {
@@ -200,22 +204,34 @@ function recompute() {
   writeHash();
   renderTraining();
   renderCompare();
+  renderResearch();
+}
+
+function renderResearch() {
+  const { frontier, comparison, policies, grids } = state.data;
+  renderFrontier(frontier, state.run);
+  renderPairs(comparison, state.run);
+  showPolicies(policies, () => loadRun(state.run, { quiet: true }));
+  showGrids(grids);
 }
 
 async function loadRun(run, { quiet = false } = {}) {
   if (!quiet) {
     setState("training", "loading", `Loading ${run}…`);
     setState("compare", "loading", "Loading models and evaluations…");
+    for (const name of ["frontier", "pairs", "grids"]) setState(name, "loading", "Loading…");
   }
   const base = `runs/${enc(run)}`;
   try {
     // The chart reads the downsampled series; the run detail is wanted without its raw records.
-    const [detail, series, cks, models, evals, jobs] = await Promise.all([
+    const [detail, series, cks, models, evals, jobs, branches, frontier, comparison, policies, grids] = await Promise.all([
       api(`${base}?metrics_limit=0`), api(`${base}/metrics/series?points=800`), api(`${base}/checkpoints`),
-      api(`${base}/models`), api(`${base}/evals`), api(`anneal?run=${enc(run)}`),
+      api(`${base}/models`), api(`${base}/evals`), api(`anneal?run=${enc(run)}`), api(`${base}/branches`),
+      api(`${base}/frontier`), api(`${base}/compare`), api(`policies?run=${enc(run)}`), api(`grids?run=${enc(run)}`),
     ]);
     if (run !== state.run) return; // the user switched runs meanwhile
-    state.data = { detail, series, checkpoints: cks.checkpoints, models: models.models, evals: evals.evals };
+    state.data = { detail, series, checkpoints: cks.checkpoints, models: models.models, evals: evals.evals,
+      branches: branches.branches, frontier, comparison, policies: policies.policies, grids: grids.grids };
     showJobs(jobs.jobs, onJobDone);
     recompute();
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -229,6 +245,7 @@ async function loadRun(run, { quiet = false } = {}) {
       ["Check the service (", code("wsm up"), ") and ", h("button", { type: "button", class: "secondary",
         onclick: () => loadRun(run) }, "retry"), "."]);
     setState("compare", "error", "Could not load models and evaluations", err.message);
+    for (const name of ["frontier", "pairs", "grids"]) setState(name, "error", "Could not load this run", err.message);
   }
 }
 
@@ -271,6 +288,7 @@ async function loadRuns({ quiet = false } = {}) {
         h("button", { type: "button", class: "secondary", onclick: () => loadRuns() }, "retry"), "."]);
     setState("training", "error", "No data", "The run list could not be loaded.");
     setState("compare", "error", "No data", "The run list could not be loaded.");
+    for (const name of ["frontier", "pairs", "grids"]) setState(name, "error", "No data", "The run list could not be loaded.");
     return;
   }
   const wanted = state.run || readHash().run;
@@ -281,6 +299,7 @@ async function loadRuns({ quiet = false } = {}) {
     setState("training", "empty", "Nothing is training yet", ...startHelp());
     setState("compare", "empty", "No annealed models yet", "Once a run has checkpoints, request an anneal with the form.");
     for (const name of ["inversion", "variant"]) setState(name, "empty", "Nothing to compare yet", "Start a run first.");
+    for (const name of ["frontier", "pairs", "grids"]) setState(name, "empty", "Nothing yet", "Start a run first.");
     return;
   }
   const changed = run !== state.run;
@@ -301,6 +320,13 @@ function init() {
   $("#variant-select").addEventListener("change", (e) => selectVariant(e.target.value));
   $("#inversion-y").addEventListener("change", () => renderCompare());
   initForm(() => state.run, onJobDone);
+  const reload = () => loadRun(state.run, { quiet: true });
+  initPolicyForm(() => state.run, reload);
+  initGridForm(() => state.run, reload);
+  new MutationObserver(syncGridCurves).observe($("#f-curve"), { childList: true });
+  syncGridCurves();
+  $("#frontier-metric").addEventListener("change", () => renderFrontier(state.data.frontier, state.run));
+  $("#pairs-metric").addEventListener("change", () => renderPairs(state.data.comparison, state.run));
   checkHealth();
   loadRuns();
   setInterval(() => {

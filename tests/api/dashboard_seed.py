@@ -2,10 +2,11 @@
 
 Everything goes through the public store API (docs/STORE.md), as the trainer, merger and
 evaluator would write it: a run manifest, JSONL metrics, checkpoints with small synthetic
-safetensors, two annealed variants whose c/w come from the real theory code, a real-decay
-baseline, and an SFT evaluation of each plus of the WSO checkpoint. The metrics are chosen so
-that the papers' inversion shows: the annealed models have the lower pre-training loss, the WSO
-checkpoint the better post-SFT score.
+safetensors, annealed variants whose c/w come from the real theory code (two at the end, and a
+policy's anneals along the run: the frontier), real-decay branches with their steps (one the twin
+of a merge, evaluated with two seeds), and evaluations of each plus of the WSO checkpoints around
+the end. The metrics are chosen so that the papers' inversion shows: the annealed models have the
+lower pre-training loss, the WSO checkpoint the better post-SFT score.
 """
 
 from __future__ import annotations
@@ -30,19 +31,43 @@ INTERVAL = 20 * M
 CHECKPOINTS = [INTERVAL * i for i in range(1, 11)]  # 20M .. 200M
 END = CHECKPOINTS[-1]
 PEAK_LR = 3e-4
+TOKENS_PER_STEP = 2 * M
 
-# (model name, curve, window, interval) of the seeded anneal variants.
+# (model name, curve, window, interval) of the seeded anneal variants at END.
 VARIANTS = [
     ("anneal-1-sqrt-80M-at-200M", "1-sqrt", 80 * M, 20 * M),
     ("anneal-linear-40M-at-200M", "linear", 40 * M, 20 * M),
 ]
 BASELINE = "baseline-cosine-80M-at-200M"
 
+# The annealed frontier: a policy's anneals (1-sqrt over 40M, every 40M) at each point.
+FRONTIER_ENDS = [80 * M, 120 * M, 160 * M, END]
+FRONTIER = [(f"anneal-1-sqrt-40M-at-{end // M}M", "1-sqrt", 40 * M, 20 * M, end) for end in FRONTIER_ENDS]
+FRONTIER_GAIN = {80 * M: 0.071, 120 * M: 0.003, 160 * M: 0.062, END: 0.058}
+
+# Real-decay twins (wsm train branch) of merges: (name, curve, window, end, pretrain_val_loss per seed).
+# The 1-sqrt 80M twin has two seeds (error bars); the 40M one at 120M differs from WSO by less than
+# the noise of the neighbouring checkpoints (the flag the comparison must raise).
+TWINS = [
+    ("baseline-1-sqrt-80M-at-200M", "1-sqrt", 80 * M, END, [3.2445, 3.2485]),
+    ("baseline-1-sqrt-40M-at-120M", "1-sqrt", 40 * M, 120 * M, [3.5185]),
+]
+
+
+def val_loss(tokens: int) -> float:
+    """The WSO checkpoints' held-out loss: the trainer's val_loss and the evaluations agree on it."""
+    smooth = 3.40 + 7.5 * math.exp(-tokens / (25 * M)) + 0.15 * (1 - tokens / END)
+    return round(smooth + 0.0015 * math.sin(tokens / (7 * M)), 4)
+
+
+WSO_EVALUATED = [120 * M, 140 * M, 160 * M, 180 * M, END]
+"""WSO checkpoints with an evaluation (what the anneal jobs evaluate beside each merge)."""
+
 # Post-SFT evaluation per model name ("wso" = the plain checkpoint at END). Numbers the browser
 # test looks for in the table.
 EVAL_METRICS: dict[str, dict[str, float]] = {
     "wso": {
-        "pretrain_val_loss": 3.412,
+        "pretrain_val_loss": val_loss(END),
         "sft_val_loss": 1.874,
         "task_accuracy": 0.6125,
         "sharpness_pretrain": 41.7,
@@ -91,13 +116,13 @@ def _lr(tokens: int) -> float:
     return PEAK_LR * min(1.0, tokens / (10 * M))  # warmup, then constant: WSO never decays
 
 
-def seed_metrics(store: Store, run: str = RUN, upto: int = END, step_tokens: int = 2 * M) -> None:
+def seed_metrics(store: Store, run: str = RUN, upto: int = END, step_tokens: int = TOKENS_PER_STEP) -> None:
     """Training records every ``step_tokens`` and a validation loss at every checkpoint."""
     records: list[dict[str, Any]] = []
     for step, tokens in enumerate(range(step_tokens, upto + 1, step_tokens), start=1):
         records.append({"step": step, "tokens": tokens, "loss": _loss(tokens), "lr": _lr(tokens)})
         if tokens % INTERVAL == 0:
-            records.append({"step": step, "tokens": tokens, "val_loss": _loss(tokens) + 0.05})
+            records.append({"step": step, "tokens": tokens, "val_loss": val_loss(tokens)})
     half = len(records) // 2  # two segments, as a running trainer would leave them
     store.append_metrics(run, records[:half])
     store.append_metrics(run, records[half:])
@@ -116,9 +141,9 @@ def seed_run(store: Store, run: str = RUN, *, with_checkpoints: bool = True) -> 
     seeded = Seeded(run=run)
     if with_checkpoints:
         for i, tokens in enumerate(CHECKPOINTS):
-            with store.publish_checkpoint(run, tokens, step=tokens // (2 * M)) as pub:
+            with store.publish_checkpoint(run, tokens, step=tokens // TOKENS_PER_STEP) as pub:
                 pub.write_bytes(layout.MODEL_FILE, _weights(float(i)))
-                pub.update(extra={"lr": _lr(tokens), "loss": _loss(tokens), "val_loss": _loss(tokens) + 0.05})
+                pub.update(extra={"lr": _lr(tokens), "loss": _loss(tokens), "val_loss": val_loss(tokens)})
             seeded.checkpoints.append(tokens)
     return seeded
 
@@ -130,8 +155,10 @@ def variant_weights(variant: tuple[str, str, int, int]) -> dict[str, list[float]
     return {"c": [float(v) for v in selection.c], "w": [float(v) for v in selection.w]}
 
 
-def _publish_anneal(store: Store, run: str, name: str, curve: str, window: int, interval: int) -> Any:
-    selection = select_checkpoints(CHECKPOINTS, CurveSpec(name=curve), window, interval=interval, end=END)
+def _publish_anneal(
+    store: Store, run: str, name: str, curve: str, window: int, interval: int, end: int = END
+) -> Any:
+    selection = select_checkpoints(CHECKPOINTS, CurveSpec(name=curve), window, interval=interval, end=end)
     sha = {t: store.get_checkpoint(run, t).file(layout.MODEL_FILE).sha256 for t in selection.tokens}
     sources = [
         # The oldest checkpoint has no segment before it: w is 0 there, as the merger writes it.
@@ -154,36 +181,79 @@ def _publish_anneal(store: Store, run: str, name: str, curve: str, window: int, 
     return pub.manifest
 
 
-def seed_models(store: Store, seeded: Seeded) -> None:
-    """Two anneal variants and a real-decay baseline at END."""
-    for name, curve, window, interval in VARIANTS:
-        seeded.models[name] = _publish_anneal(store, seeded.run, name, curve, window, interval)
+def _publish_decay(store: Store, run: str, name: str, curve: str, window: int, end: int) -> Any:
+    """A real-decay branch as trainer/branch.py writes it: forked, decayed, its steps recorded."""
+    fork = end - window
+    fork_step, steps = fork // TOKENS_PER_STEP, window // TOKENS_PER_STEP
+    shape = CurveSpec(name=curve).decay_at([(i + 1) / steps for i in range(steps)])
+    losses = [val_loss(fork) - 0.15 * (i + 1) / steps - 0.06 for i in range(steps)]
     with store.publish_model(
-        seeded.run,
-        BASELINE,
+        run,
+        name,
         kind="baseline",
-        tokens=END,
+        tokens=end,
         dtype="float32",
-        # As trainer/branch.py writes it: forked from a checkpoint, decayed over the window.
-        branch_tokens=END - 80 * M,
-        window=Window(start_tokens=END - 80 * M, end_tokens=END),
-        curve={"name": "cosine", "min_lr_factor": 0.0},
-        config={"fork_step": (END - 80 * M) // (2 * M), "tokens_per_step": 2 * M},
+        branch_tokens=fork,
+        window=Window(start_tokens=fork, end_tokens=end),
+        curve={"name": curve, "min_lr_factor": 0.0},
+        config={"fork_step": fork_step, "window_steps": steps, "tokens_per_step": TOKENS_PER_STEP},
+        extra={
+            "lrs": [PEAK_LR * float(v) for v in shape],
+            "loss_steps": [fork_step + i + 1 for i in range(steps)],
+            "losses": losses,
+            "final_loss": losses[-1],
+            "val_loss": losses[-1] + 0.05,
+        },
     ) as pub:
         pub.write_bytes(layout.MODEL_FILE, _weights(0.25))
-    seeded.models[BASELINE] = pub.manifest
+    return pub.manifest
+
+
+def seed_models(store: Store, seeded: Seeded) -> None:
+    """The anneal variants at END, a policy's anneals along the run, and real-decay branches."""
+    for name, curve, window, interval in VARIANTS:
+        seeded.models[name] = _publish_anneal(store, seeded.run, name, curve, window, interval)
+    for name, curve, window, interval, end in FRONTIER:
+        seeded.models[name] = _publish_anneal(store, seeded.run, name, curve, window, interval, end)
+    seeded.models[BASELINE] = _publish_decay(store, seeded.run, BASELINE, "cosine", 80 * M, END)
+    for name, curve, window, end, _ in TWINS:
+        seeded.models[name] = _publish_decay(store, seeded.run, name, curve, window, end)
+
+
+def _eval(
+    store: Store, seeded: Seeded, name: str, model_id: str, metrics: dict[str, float], seed: int = 0
+) -> None:
+    config = {"seed": seed, "run_sft": True}
+    with store.publish_eval(
+        seeded.run, name, model_id=model_id, metrics=metrics, config=config, seeds=[seed], duration_s=1.0
+    ) as pub:
+        pass
+    seeded.evals[name] = pub.manifest
 
 
 def seed_evals(store: Store, seeded: Seeded) -> None:
-    """One SFT evaluation per model and one of the WSO checkpoint at END."""
-    targets = {"wso": layout.checkpoint_dir(seeded.run, END)}
-    targets.update({name: layout.model_dir(seeded.run, name) for name in seeded.models})
-    for key, model_id in targets.items():
-        with store.publish_eval(
-            seeded.run, f"sft-{key}", model_id=model_id, metrics=EVAL_METRICS[key], seeds=[0], duration_s=1.0
-        ) as pub:
-            pass
-        seeded.evals[key] = pub.manifest
+    """Evaluations of every model, of the WSO checkpoints around the end, and twins with two seeds."""
+    run = seeded.run
+    for tokens in WSO_EVALUATED:
+        metrics = (
+            EVAL_METRICS["wso"]
+            if tokens == END
+            else {**EVAL_METRICS["wso"], "pretrain_val_loss": val_loss(tokens)}
+        )
+        _eval(store, seeded, f"sft-wso-{tokens // M}M", layout.checkpoint_dir(run, tokens), metrics)
+    seeded.evals["wso"] = seeded.evals[f"sft-wso-{END // M}M"]
+    for name in (*(v[0] for v in VARIANTS), BASELINE):
+        _eval(store, seeded, f"sft-{name}", layout.model_dir(run, name), EVAL_METRICS[name])
+        seeded.evals[name] = seeded.evals[f"sft-{name}"]
+    for name, *_, end in FRONTIER:
+        if name in EVAL_METRICS:
+            continue
+        metrics = {"pretrain_val_loss": round(val_loss(end) - FRONTIER_GAIN[end], 4), "sft_val_loss": 1.9}
+        _eval(store, seeded, f"sft-{name}", layout.model_dir(run, name), metrics)
+    for name, *_, losses in TWINS:
+        for seed, loss in enumerate(losses):
+            metrics = {"pretrain_val_loss": loss, "sft_val_loss": 1.91 + 0.002 * seed}
+            _eval(store, seeded, f"sft-{name}-s{seed}", layout.model_dir(run, name), metrics, seed)
 
 
 def seed_all(store: Store, run: str = RUN) -> Seeded:
@@ -244,7 +314,12 @@ class ScriptedWorker:
                 save(stage="evaluating_anneal", progress=50.0, message="SFT evaluation (scripted)")
                 target = pipeline.evaluation_targets(spec)["anneal"]
                 with self.store.publish_eval(
-                    run, f"sft-{spec.model_name}", model_id=target, metrics=WORKER_METRICS, seeds=[0]
+                    run,
+                    f"sft-{spec.model_name}",
+                    model_id=target,
+                    metrics=WORKER_METRICS,
+                    config={"seed": 0, "run_sft": True},
+                    seeds=[0],
                 ) as pub:
                     pass
                 assert pub.manifest is not None

@@ -33,6 +33,14 @@ PAGE_ENDPOINTS = {
     ("get", "/anneal"),
     ("post", "/anneal"),
     ("get", "/anneal/{job_id}"),
+    ("get", "/runs/{run}/branches"),
+    ("get", "/runs/{run}/frontier"),
+    ("get", "/runs/{run}/compare"),
+    ("get", "/policies"),
+    ("post", "/policies"),
+    ("delete", "/policies/{policy_id}"),
+    ("get", "/grids"),
+    ("post", "/grids"),
 }
 
 
@@ -149,7 +157,8 @@ def test_checkpoints_shape(client: TestClient) -> None:
 
 def test_models_carry_window_weights_and_curve(client: TestClient) -> None:
     models = {m["name"]: m for m in client.get("/runs/demo/models").json()["models"]}
-    assert set(models) == {name for name, *_ in seed.VARIANTS} | {seed.BASELINE}
+    expected = {name for name, *_ in (*seed.VARIANTS, *seed.FRONTIER, *seed.TWINS)} | {seed.BASELINE}
+    assert set(models) == expected
     for name, curve, window, interval in seed.VARIANTS:
         m = models[name]
         assert m["id"] == f"demo:{name}" and m["kind"] == "anneal" and m["tokens"] == seed.END

@@ -5,11 +5,11 @@ documented, schema-valid requests accepted, invalid ones rejected, auth enforced
 synthetic run.
 
 Twice: with a token (the deployment's set-up: auth required on ``POST /anneal``) and without
-one (auth documented as optional). One allowance, on ``POST /anneal`` only: a schema-valid body
-may still get 422, because the window, the curve's parameters and the run's checkpoints are
-checked together (``invalid_window``: longer than the run; ``invalid_curve``: alpha without ema)
-and no schema can say that; likewise on ``POST /runs`` and ``POST /runs/{run}/sync``, whose source
-directory must exist and hold checkpoints.
+one (auth documented as optional). One allowance, on ``POST /anneal``, ``/policies`` and ``/grids``
+only: a schema-valid body may still get 422, because the window, the curve's parameters and the
+run's checkpoints are checked together (``invalid_window``: longer than the run; ``invalid_curve``:
+alpha without ema) and no schema can say that; likewise on ``POST /runs`` and
+``POST /runs/{run}/sync``, whose source directory must exist and hold checkpoints.
 """
 
 from __future__ import annotations
@@ -48,11 +48,16 @@ def _schema(name: str, token: str | None) -> BaseSchema:
     config: dict[str, Any] = {
         "checks": {"enabled": True},
         "operations": [
-            {
-                "include-path": "/anneal",
-                "include-method": "POST",
-                "checks": {"positive_data_acceptance": {"expected-statuses": [*POSITIVE_ACCEPTED, "422"]}},
-            },
+            *(
+                {
+                    "include-path": path,
+                    "include-method": "POST",
+                    "checks": {
+                        "positive_data_acceptance": {"expected-statuses": [*POSITIVE_ACCEPTED, "422"]}
+                    },
+                }
+                for path in ("/anneal", "/policies", "/grids")
+            ),
             {
                 # A schema-valid registration names a source the server lists: a random one is 422.
                 "include-path-regex": "^/runs(/[^/]+/sync)?$",

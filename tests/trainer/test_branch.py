@@ -29,6 +29,8 @@ def test_branch_follows_the_curve_and_is_published(data_cache: Path, local_store
     expected = [3e-3 * (1 - math.sqrt(i / steps)) for i in range(1, steps + 1)]
     assert out.train.lrs == pytest.approx(expected, abs=1e-12)
     assert m.extra["lrs"] == pytest.approx(expected, abs=1e-12)
+    # Its losses with the step of each (logged every 5 steps), so the API can draw it from the fork.
+    assert m.extra["loss_steps"] == [15, 20] and m.extra["losses"] == pytest.approx(out.train.losses)
     # The run itself is untouched: no new checkpoint from the branch.
     assert [c.tokens for c in local_store.list_checkpoints("b")] == [2560]
     weights = load_weights(local_store, m)

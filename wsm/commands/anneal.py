@@ -61,6 +61,11 @@ def _describe(job: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _value(name: str, value: float) -> str:
+    """Losses with three decimals (4.300 never reads like 4.3), other metrics with four digits."""
+    return f"{value:.3f}" if "loss" in name else f"{value:.4g}"
+
+
 def _error(response: Any) -> str:
     try:
         body = response.json()
@@ -126,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"model {job['model_id']}")
         for which, ev in (job.get("evaluations") or {}).items():
             if ev:
-                print(f"  {which}: " + ", ".join(f"{k}={v:.4g}" for k, v in ev["metrics"].items()))
+                print(f"  {which}: " + ", ".join(f"{k}={_value(k, v)}" for k, v in ev["metrics"].items()))
     if job["state"] == "failed":
         print(f"failed: {job['error']}", file=sys.stderr)
         return 1

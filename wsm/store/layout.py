@@ -28,6 +28,8 @@ EVALS = "evals"
 METRICS = "metrics"
 PINS = "pins"
 JOBS = "jobs"
+POLICIES = "policies"
+GRIDS = "grids"
 
 SEGMENT_WIDTH = 10
 """Digits of a metrics segment number (``0000000007.jsonl``)."""
@@ -99,6 +101,24 @@ def jobs_dir(run: str) -> str:
 def job_path(run: str, job_id: str) -> str:
     """The record of an anneal job (a JSON file owned by anneal/jobs.py; docs/STORE.md "Jobs")."""
     return f"{jobs_dir(run)}/{validate_name(job_id, 'job id')}.json"
+
+
+def policies_dir(run: str) -> str:
+    return f"{run_dir(run)}/{POLICIES}"
+
+
+def policy_path(run: str, policy_id: str) -> str:
+    """An annealing policy (a JSON file owned by anneal/policies.py; docs/STORE.md "Policies")."""
+    return f"{policies_dir(run)}/{validate_name(policy_id, 'policy id')}.json"
+
+
+def grids_dir(run: str) -> str:
+    return f"{run_dir(run)}/{GRIDS}"
+
+
+def grid_path(run: str, grid_id: str) -> str:
+    """A grid of anneal jobs (a JSON file owned by anneal/grids.py; docs/STORE.md "Grids")."""
+    return f"{grids_dir(run)}/{validate_name(grid_id, 'grid id')}.json"
 
 
 def split_artifact_dir(path: str) -> tuple[str, str, str] | None:

@@ -342,25 +342,18 @@ class Store(FileStore):
         seqs = (layout.parse_segment_name(n) for n in self._list_children(layout.metrics_dir(run)))
         return sorted(s for s in seqs if s is not None)
 
-    # -- jobs: records owned by the anneal use case, stored as a collection like pins -------
-    def save_job(self, run: str, job_id: str, record: BaseModel) -> None:
-        """Write a job record atomically (whole-file replace) as ``runs/<run>/jobs/<job_id>.json``."""
-        self.write_bytes(
-            layout.job_path(run, validate_name(job_id, "job id")), record.model_dump_json(indent=2).encode()
-        )
+    # -- records owned by the anneal use case (jobs, policies, grids), each a collection of JSON files
+    def _save_record(self, path: str, record: BaseModel) -> None:
+        self.write_bytes(path, record.model_dump_json(indent=2).encode())
 
-    def load_job(self, run: str, job_id: str, model: type[R]) -> R:
-        """The record of ``job_id`` parsed as ``model``; ``ArtifactNotFoundError`` if there is none."""
-        path = layout.job_path(run, validate_name(job_id, "job id"))
+    def _load_record(self, path: str, model: type[R], what: str) -> R:
         data = self.read_bytes(path)
         try:
             return model.model_validate_json(data)
         except ValueError as e:
-            raise ManifestError(path, f"not a valid job record ({e})") from None
+            raise ManifestError(path, f"not a valid {what} ({e})") from None
 
-    def list_jobs(self, run: str, model: type[R]) -> list[R]:
-        """Every readable job record of ``run`` (one listing, one batched read); unreadable ones are logged."""
-        base = layout.jobs_dir(run)
+    def _list_records(self, base: str, model: type[R], what: str) -> list[R]:
         names = [n for n in self._list_children(base) if n.endswith(".json")]
         blobs = self.fs.cat([self.full_path(f"{base}/{n}") for n in names], on_error="omit") if names else {}
         out = []
@@ -371,11 +364,50 @@ class Store(FileStore):
             try:
                 out.append(model.model_validate_json(data))
             except ValueError as e:
-                log.warning("skipping job record %s/%s: %s", base, n, e)
+                log.warning("skipping %s %s/%s: %s", what, base, n, e)
         return out
+
+    def save_job(self, run: str, job_id: str, record: BaseModel) -> None:
+        """Write a job record atomically (whole-file replace) as ``runs/<run>/jobs/<job_id>.json``."""
+        self._save_record(layout.job_path(run, validate_name(job_id, "job id")), record)
+
+    def load_job(self, run: str, job_id: str, model: type[R]) -> R:
+        """The record of ``job_id`` parsed as ``model``; ``ArtifactNotFoundError`` if there is none."""
+        return self._load_record(layout.job_path(run, validate_name(job_id, "job id")), model, "job record")
+
+    def list_jobs(self, run: str, model: type[R]) -> list[R]:
+        """Every readable job record of ``run`` (one listing, one batched read); unreadable ones are logged."""
+        return self._list_records(layout.jobs_dir(run), model, "job record")
 
     def delete_job(self, run: str, job_id: str) -> None:
         backend.rm_quiet(self.fs, self.full_path(layout.job_path(run, validate_name(job_id, "job id"))))
+
+    def save_policy(self, run: str, policy_id: str, record: BaseModel) -> None:
+        """Write an annealing policy atomically as ``runs/<run>/policies/<policy_id>.json``."""
+        self._save_record(layout.policy_path(run, policy_id), record)
+
+    def load_policy(self, run: str, policy_id: str, model: type[R]) -> R:
+        """The policy ``policy_id`` parsed as ``model``; ``ArtifactNotFoundError`` if there is none."""
+        return self._load_record(layout.policy_path(run, policy_id), model, "policy")
+
+    def list_policies(self, run: str, model: type[R]) -> list[R]:
+        """Every readable policy of ``run`` (one listing, one batched read)."""
+        return self._list_records(layout.policies_dir(run), model, "policy")
+
+    def delete_policy(self, run: str, policy_id: str) -> None:
+        backend.rm_quiet(self.fs, self.full_path(layout.policy_path(run, policy_id)))
+
+    def save_grid(self, run: str, grid_id: str, record: BaseModel) -> None:
+        """Write a grid of anneal jobs atomically as ``runs/<run>/grids/<grid_id>.json``."""
+        self._save_record(layout.grid_path(run, grid_id), record)
+
+    def load_grid(self, run: str, grid_id: str, model: type[R]) -> R:
+        """The grid ``grid_id`` parsed as ``model``; ``ArtifactNotFoundError`` if there is none."""
+        return self._load_record(layout.grid_path(run, grid_id), model, "grid")
+
+    def list_grids(self, run: str, model: type[R]) -> list[R]:
+        """Every readable grid of ``run`` (one listing, one batched read)."""
+        return self._list_records(layout.grids_dir(run), model, "grid")
 
     # -- pins, retention, maintenance ------------------------------------------------------
     def pin(

@@ -16,11 +16,34 @@ export function formatNumber(value, digits = 4) {
   return Number(value.toPrecision(digits)).toString();
 }
 
+/** Losses always with three decimals, so 4.300 and 4.329 never read alike. */
+export function formatLoss(value) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  return value.toFixed(3);
+}
+
+const isLoss = (name) => /loss|perplexity/i.test(name);
+const isShare = (name) => /acc|exact_match/i.test(name);
+
+/** Any metric by its name (losses: 3 decimals; accuracies in [0, 1]: percent; else 4 digits). */
+export function formatValue(name, value) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  if (isLoss(name)) return formatLoss(value);
+  if (isShare(name) && value >= 0 && value <= 1) return `${(value * 100).toFixed(1)}%`;
+  return formatNumber(value);
+}
+
+/** A readable label for a metric key such as "pretrain_val_loss" or "task_accuracy/arith". */
+export function metricLabel(name) {
+  const known = METRICS.find((m) => m.keys[0] === name);
+  return known ? known.label : name.replaceAll("_", " ");
+}
+
 // The four numbers of every SFT evaluation (trainer/evaluate.py names them). `keys` lists the
 // metric names to read, preferred first. `lower` = lower is better.
 export const METRICS = [
-  { id: "pretrain_val_loss", label: "Pre-train val loss", keys: ["pretrain_val_loss"], lower: true },
-  { id: "sft_val_loss", label: "SFT val loss", keys: ["sft_val_loss"], lower: true },
+  { id: "pretrain_val_loss", label: "Pre-train val loss", keys: ["pretrain_val_loss"], lower: true, loss: true },
+  { id: "sft_val_loss", label: "SFT val loss", keys: ["sft_val_loss"], lower: true, loss: true },
   { id: "task_accuracy", label: "Task accuracy", keys: ["task_accuracy"], lower: false, percent: true },
   // Hessian trace (Hutchinson) of the pre-trained model on pre-training data, as in the WSO
   // paper; on SFT data when only that was measured.
@@ -37,5 +60,13 @@ export function metricValue(metrics, metric) {
 
 export function formatMetric(value, metric) {
   if (value === null) return "–";
+  if (metric.loss) return formatLoss(value);
   return metric.percent && value <= 1 ? `${(value * 100).toFixed(1)}%` : formatNumber(value);
+}
+
+/** "3.251 ± 0.004" for a measure of the API (mean, sd, n), in the metric's format. */
+export function formatMeasure(name, m) {
+  if (!m) return "–";
+  const sd = m.sd !== null && m.sd !== undefined ? ` ± ${isShare(name) && m.sd <= 1 ? `${(m.sd * 100).toFixed(1)}%` : isLoss(name) ? formatLoss(m.sd) : formatNumber(m.sd)}` : "";
+  return `${formatValue(name, m.mean)}${sd}`;
 }

@@ -11,9 +11,23 @@ const STAGES = {
   waiting_eval: "waiting for evaluation", evaluating_anneal: "evaluating merged model",
   evaluating_baseline: "evaluating WSO checkpoint", done: "done", failed: "failed",
 };
+// Short names of the phases in a job's stepper; a job lists only the phases it runs (job.phases).
+const PHASES = {
+  queued: "queued", resolving: "resolve", merging: "merge", publishing: "publish", waiting_eval: "to eval",
+  evaluating_anneal: "eval merged", evaluating_baseline: "eval WSO", done: "done",
+};
 const SHOWN = 10;
 const cards = new Map(); // job_id -> { li, timer }
 const mine = new Set(); // jobs requested from this tab: the page jumps to their model when done
+
+function phaseList(job) {
+  const phases = job.phases || [];
+  if (!phases.length || job.state === "failed") return null;
+  const at = job.state === "done" ? phases.length : phases.indexOf(job.stage);
+  return h("ol", { class: "phases", "aria-label": "phases of this job" }, ...phases.map((phase, i) =>
+    h("li", { dataset: { phase, status: i < at ? "done" : i === at ? "current" : "todo" },
+      "aria-current": i === at ? "step" : null }, PHASES[phase] || phase)));
+}
 
 function jobCard(job) {
   const sel = job.selection;
@@ -23,6 +37,7 @@ function jobCard(job) {
   return h("li", { class: "job", dataset: { job: job.job_id, status, stage: job.stage } },
     h("div", { class: "job-head" }, h("strong", {}, title),
       h("span", { class: "job-stage" }, STAGES[job.stage] || job.stage)),
+    phaseList(job),
     finished ? null : h("progress", { max: 100, value: job.progress,
       "aria-label": `${title}: ${STAGES[job.stage] || job.stage}, ${Math.round(job.progress)}%` }),
     job.message ? h("span", { class: "small muted" }, job.message) : null,

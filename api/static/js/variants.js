@@ -27,7 +27,8 @@ export function curveLabel(curve) {
   if (!curve) return "–";
   if (curve.label) return curve.label;
   const name = curve.name === "ema" ? `ema(α=${curve.alpha})` : curve.name;
-  return curve.floor ? `${name} floor=${curve.floor}` : name;
+  const floor = curve.floor || curve.min_lr_factor; // a real decay records its floor as min_lr_factor
+  return floor ? `${name} floor=${floor}` : name;
 }
 
 function modelRow(run, model, byDir) {
@@ -35,7 +36,7 @@ function modelRow(run, model, byDir) {
   if (model.kind === "baseline") {
     // The real decay branch (trainer/branch.py): forked at window_start, decayed until tokens.
     const start = model.window_start ?? null;
-    return { ...base, label: "Real decay", curve: model.curve?.name ?? "–",
+    return { ...base, label: `Real decay · ${curveLabel(model.curve)}`, curve: curveLabel(model.curve),
       window: start !== null ? model.tokens - start : null, interval: null, start };
   }
   return { ...base, label: model.name, curve: curveLabel(model.curve),

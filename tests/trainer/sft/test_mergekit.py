@@ -24,10 +24,14 @@ def _more_checkpoints(tiny_run: TinyRun) -> tuple[int, int]:
     for k in (2, 3):
         if first.tokens * k not in {c.tokens for c in store.list_checkpoints(run)}:
             with store.publish_checkpoint(run, first.tokens * k, step=(first.step or 0) * k) as pub:
+                trees = {f.name.split("/", 1)[0] for f in first.files if "/" in f.name}
+                for tree in sorted(trees):  # a format's directory tree (Megatron's iter_<N>/)
+                    pub.put_tree(str(store.local_path(f"{first.dir}/{tree}")), tree)
                 for f in first.files:
-                    path = store.local_path(first.path(f.name))
-                    assert path is not None
-                    pub.put_file(f.name, path)
+                    if "/" not in f.name:
+                        path = store.local_path(first.path(f.name))
+                        assert path is not None
+                        pub.put_file(f.name, path)
     return first.tokens * 2, first.tokens * 3
 
 
