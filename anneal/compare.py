@@ -46,17 +46,32 @@ class Measure(BaseModel):
     source: Source = Field(
         description="eval: evaluation records; trainer: the trainer's own validation loss (no evaluation yet)."
     )
+    reported_se: float | None = Field(
+        default=None,
+        description="Standard error the evaluation itself reported (lm-eval's <metric>_stderr), averaged "
+        "over the measurements; the error bar of a single benchmark run.",
+    )
 
 
-def measure(values: Sequence[float], source: Source = "eval") -> Measure | None:
+def measure(
+    values: Sequence[float], source: Source = "eval", reported_se: Sequence[float] = ()
+) -> Measure | None:
     """Mean, spread and count of ``values`` (None when there are none)."""
     finite = [float(v) for v in values if math.isfinite(v)]
     if not finite:
         return None
+    errors = [float(v) for v in reported_se if math.isfinite(v)]
     n = len(finite)
     mean = sum(finite) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else None
-    return Measure(mean=mean, sd=sd, se=sd / math.sqrt(n) if sd is not None else None, n=n, source=source)
+    return Measure(
+        mean=mean,
+        sd=sd,
+        se=sd / math.sqrt(n) if sd is not None else None,
+        n=n,
+        source=source,
+        reported_se=sum(errors) / len(errors) if errors else None,
+    )
 
 
 def lower_is_better(metric: str) -> bool | None:

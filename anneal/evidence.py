@@ -200,7 +200,9 @@ class RunEvidence:
         """The metric over every evaluation of ``models`` (repeats of one variant); trainer fallback."""
         values = [v for m in models for v in self.values(m.dir, metric)]
         if values:
-            return measure(values)
+            return measure(
+                values, reported_se=[e for m in models for e in self.values(m.dir, f"{metric}_stderr")]
+            )
         if metric == VAL_METRIC:
             trained = [_number(m.extra.get("val_loss")) for m in models if m.kind == "baseline"]
             return measure([v for v in trained if v is not None], "trainer")
@@ -208,9 +210,10 @@ class RunEvidence:
 
     def checkpoint_measure(self, tokens: int, metric: str) -> Measure | None:
         """The WSO checkpoint at ``tokens``: its evaluations, else the trainer's validation loss."""
-        values = self.values(layout.checkpoint_dir(self.run, tokens), metric)
+        where = layout.checkpoint_dir(self.run, tokens)
+        values = self.values(where, metric)
         if values:
-            return measure(values)
+            return measure(values, reported_se=self.values(where, f"{metric}_stderr"))
         if metric == VAL_METRIC and tokens in self.val_loss:
             return measure([self.val_loss[tokens]], "trainer")
         return None

@@ -8,6 +8,7 @@ import { initGridForm, showGrids, syncGridCurves } from "./js/grids.js";
 import { initForm, showJobs } from "./js/jobs.js";
 import { initPolicyForm, showPolicies } from "./js/policies.js";
 import { renderFrontier, renderPairs } from "./js/research.js";
+import { renderBench } from "./js/bench.js";
 import { buildPoints, curveLabel } from "./js/variants.js";
 
 const REFRESH_MS = 15000;
@@ -175,19 +176,21 @@ function renderCompare() {
     return;
   }
   if (!point) {
-    // Suggest a window of up to three checkpoint intervals ending at the newest checkpoint.
-    const cks = state.data.checkpoints;
-    const example = cks.length > 1 ? formatTokens(cks.at(-1).tokens - cks[Math.max(0, cks.length - 4)].tokens) : "80B";
+    // The API's suggestion (theory/suggest.py): a recent window, and from when the run is long enough.
+    const s = state.data.detail?.suggestion;
+    const example = s ? formatTokens(s.window) : "80B";
     setState("compare", "empty", "No annealed models yet",
       ["Request one with the form: pick a curve (1-sqrt is the paper's best) and a window, e.g. ",
         code(example), ". Or from a terminal: ",
-        code(`wsm anneal --run ${state.run} --curve 1-sqrt --window ${example}`), "."]);
+        code(`wsm anneal --run ${state.run} --curve 1-sqrt --window ${example}`), ".",
+        ...(s && !s.ready ? [` Not yet, though: ${s.reason}.`] : [])]);
     for (const name of ["inversion", "variant"]) setState(name, "empty", "Nothing to compare yet", "Request an anneal first.");
     return;
   }
   setState("compare", null);
   const rows = point.rows.map((r) => ({ ...r, short: shortLabel(r) }));
   renderTable(rows);
+  renderBench($("#bench-table"), rows);
   renderMetricCharts(rows);
   renderInversion(rows);
   renderVariant(rows);

@@ -239,3 +239,14 @@ def test_frontier_follows_each_variant_along_the_run() -> None:
     assert [s.kind for s in out.series] == ["anneal", "decay"]
     assert [p.tokens for p in out.trainer] == list(range(10, 101, 10)) and out.wso == []
     assert out.lower_is_better["pretrain_val_loss"] is True
+
+
+def test_a_benchmark_keeps_its_own_standard_error() -> None:
+    """One lm-eval run has no spread over seeds, but lm-eval reports a standard error: it is kept."""
+    from anneal.compare import measure
+
+    single = measure([0.41], reported_se=[0.03])
+    assert single is not None and single.sd is None and single.reported_se == 0.03
+    repeated = measure([0.41, 0.45], reported_se=[0.03, 0.05])
+    assert repeated is not None and repeated.sd is not None and repeated.reported_se == pytest.approx(0.04)
+    assert measure([0.41]) is not None and measure([0.41]).reported_se is None  # type: ignore[union-attr]

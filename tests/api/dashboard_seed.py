@@ -71,12 +71,16 @@ EVAL_METRICS: dict[str, dict[str, float]] = {
         "sft_val_loss": 1.874,
         "task_accuracy": 0.6125,
         "sharpness_pretrain": 41.7,
+        "bench/wsm_count/acc": 0.41,
+        "bench/wsm_count/acc_stderr": 0.03,
     },
     VARIANTS[0][0]: {
         "pretrain_val_loss": 3.251,
         "sft_val_loss": 1.902,
         "task_accuracy": 0.5875,
         "sharpness_pretrain": 18.3,
+        "bench/wsm_count/acc": 0.47,
+        "bench/wsm_count/acc_stderr": 0.03,
     },
     VARIANTS[1][0]: {
         "pretrain_val_loss": 3.298,

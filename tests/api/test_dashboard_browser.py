@@ -158,6 +158,11 @@ def test_renders_the_seeded_run(server: str, page: Any) -> None:
         assert _shown(_cell(page, key, "sft_val_loss")) == f"{metrics['sft_val_loss']:.3f}"
         assert _shown(_cell(page, key, "sharpness")) == f"{metrics['sharpness_pretrain']:g}"
     assert _shown(_cell(page, f"wso:{seed.END}", "task_accuracy")) == "61.3%"
+    # Benchmark scores (lm-eval) beside them, with their standard errors; "–" where none were run.
+    assert page.locator("#bench-table").is_visible()
+    assert page.locator("#bench-table thead").inner_text().split("\t")[-1].strip() == "wsm_count · acc"
+    bench = page.eval_on_selector_all("#bench-table tbody tr td", "cells => cells.map(c => c.textContent)")
+    assert "0.41 ± 0.03" in bench and "0.47 ± 0.03" in bench and "–" in bench
     assert "best" in _cell(page, f"wso:{seed.END}", "task_accuracy").get_attribute("class")
 
     # Every chart has a size, was painted, and plotted what the API served.

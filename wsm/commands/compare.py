@@ -94,6 +94,8 @@ def _measure(m: Any, metric: str) -> str:
     text = _number(m.mean, metric)
     if m.sd is not None:
         text += f"±{_number(m.sd, metric)} (n={m.n})"
+    elif m.reported_se is not None:
+        text += f"±{_number(m.reported_se, metric)} (se)"  # a benchmark's own standard error
     return text + ("*" if m.source == "trainer" else "")
 
 

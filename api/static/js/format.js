@@ -67,6 +67,8 @@ export function formatMetric(value, metric) {
 /** "3.251 ± 0.004" for a measure of the API (mean, sd, n), in the metric's format. */
 export function formatMeasure(name, m) {
   if (!m) return "–";
-  const sd = m.sd !== null && m.sd !== undefined ? ` ± ${isShare(name) && m.sd <= 1 ? `${(m.sd * 100).toFixed(1)}%` : isLoss(name) ? formatLoss(m.sd) : formatNumber(m.sd)}` : "";
+  // Spread over seeds/repeats when there are several; else the evaluation's own standard error (lm-eval).
+  const err = m.sd ?? m.reported_se ?? null;
+  const sd = err !== null ? ` ± ${isShare(name) && err <= 1 ? `${(err * 100).toFixed(1)}%` : isLoss(name) ? formatLoss(err) : formatNumber(err)}` : "";
   return `${formatValue(name, m.mean)}${sd}`;
 }

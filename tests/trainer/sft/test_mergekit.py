@@ -26,7 +26,7 @@ def _more_checkpoints(tiny_run: TinyRun) -> tuple[int, int]:
             with store.publish_checkpoint(run, first.tokens * k, step=(first.step or 0) * k) as pub:
                 trees = {f.name.split("/", 1)[0] for f in first.files if "/" in f.name}
                 for tree in sorted(trees):  # a format's directory tree (Megatron's iter_<N>/)
-                    pub.put_tree(str(store.local_path(f"{first.dir}/{tree}")), tree)
+                    pub.put_tree(store.full_path(f"{first.dir}/{tree}"), tree)
                 for f in first.files:
                     if "/" not in f.name:
                         path = store.local_path(first.path(f.name))
