@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from merger.provenance import AnnealSelection as AnnealSelection
 from wsm.eval_config import EvalConfig
 from wsm.store import ArtifactNotFoundError, EvalManifest, Store
+from wsm.store.writable import writing
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,22 @@ class JobSpec(BaseModel):
         return f"job-{key[:24]}"
 
 
+class Lease(BaseModel):
+    """Who may work on a job until when (anneal/lease.py); stored in the record, so it outlives its holder."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    holder: str
+    """The attempt holding the job: a merge's ``attempt_id``, or ``eval-…`` for its evaluation."""
+    owner: str
+    """The process that took it (``host:pid``), for people reading the record."""
+    expires_at: datetime
+    """Until when it holds; renewed by the heartbeat. After it, another worker may take the job over."""
+
+    def live(self, now: datetime) -> bool:
+        return now < self.expires_at
+
+
 class JobRecord(BaseModel):
     """A job's state as persisted in the store; only the worker holding the job's lock updates it."""
 
@@ -153,6 +170,8 @@ class JobRecord(BaseModel):
     enqueued_at: datetime = Field(default_factory=utcnow)
     heartbeat_at: datetime | None = None
     finished_at: datetime | None = None
+    lease: Lease | None = None
+    """The attempt working on the job now, if any (None while queued, between stages and when finished)."""
 
     @property
     def run(self) -> str:
@@ -166,11 +185,16 @@ class JobRecord(BaseModel):
         """When the job last showed progress (or was enqueued, if it never started)."""
         return max(t for t in (self.heartbeat_at, self.enqueued_at) if t is not None)
 
+    def held(self, now: datetime) -> bool:
+        """Whether a live attempt holds the job (its lease has not expired)."""
+        return self.lease is not None and self.lease.live(now)
+
 
 def save(store: Store, record: JobRecord) -> None:
-    """Write the record atomically (whole-file replace)."""
+    """Write the record atomically (whole-file replace); :class:`StoreUnwritable` if the store refuses."""
     record.updated_at = utcnow()
-    store.save_job(record.run, record.job_id, record)
+    with writing(f"the record of job {record.job_id}"):
+        store.save_job(record.run, record.job_id, record)
 
 
 def load(store: Store, run: str, job_id: str) -> JobRecord:

@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     api_broker_retry_s: float = Field(default=1.0, ge=0)
     """While the broker is down: how often the API probes it again (POST /anneal answers 503 meanwhile)."""
 
+    api_store_probe_s: float = Field(default=5.0, ge=0)
+    """How long the API trusts its last look at whether the store takes writes (a small probe file written
+    by ``/healthz``, or any real write); while it says no, POST /anneal answers 503 without writing."""
+
     @field_validator("api_allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:

@@ -1,8 +1,13 @@
 """``wsm worker [--queues merge,eval]``: a Celery worker for anneal jobs, with the recovery sweep.
 
-Once the worker is ready, a background thread sweeps job records for lost jobs (stale heartbeat)
-and re-enqueues them, at start and every ``recovery_interval_s`` (anneal/runner.py, Recovery); once an
-hour it also removes killed writers' leftovers older than the broker visibility timeout.
+Once the worker is ready, a background thread removes the staging leftovers of dead writers on
+this host (a killed predecessor's), then sweeps job records for lost jobs (expired lease, or queued
+with no sign of life) and re-enqueues them, at start and every ``recovery_interval_s``
+(anneal/runner.py, Recovery); every sweep also removes scratch dirs of finished attempts, and once
+an hour killed writers' leftovers older than the broker visibility timeout go.
+
+``--pool prefork`` (the default) is Celery's prefork pool with locks a killed child cannot keep
+(anneal/broker/pool.py): killing any process of the worker never wedges it.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ def _recovery_loop(stop: threading.Event) -> None:
 
     sweeper = recovery()
     interval = get_settings().recovery_interval_s
+    try:  # a restarted worker removes its killed predecessors' staging at once
+        sweeper.startup_cleanup()
+    except Exception:
+        log.warning("start-up cleanup failed", exc_info=True)
     while True:
         try:
             resent = sweeper.sweep()
@@ -72,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
     from celery.signals import worker_ready, worker_shutdown
 
     from anneal.broker.app import redact
+    from anneal.broker.pool import POOL
     from anneal.broker.tasks import app
+
+    if args.pool == "prefork":  # Celery's prefork pool, minus the lock a killed child can keep
+        app.conf.worker_pool = POOL
 
     stop = threading.Event()
 

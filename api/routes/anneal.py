@@ -57,7 +57,7 @@ async def post_anneal(body: AnnealRequest, request: Request) -> Response:
             evaluate=body.evaluate,
             eval_config=state.settings.eval_config,
         )
-        return service.submit(state.store, spec, state.publisher)
+        return service.submit(state.store, spec, state.publisher, state.write_probe)
 
     try:
         record, created = await anyio.to_thread.run_sync(resolve_and_submit)
