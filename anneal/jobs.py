@@ -9,6 +9,7 @@ and config): asking twice for the same anneal gives the same job.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from merger.provenance import AnnealSelection as AnnealSelection
 from wsm.eval_config import EvalConfig
 from wsm.store import ArtifactNotFoundError, EvalManifest, Store
-from wsm.store.writable import writing
+from wsm.store.writable import StoreUnwritable, release_reserve, writing
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +191,22 @@ class JobRecord(BaseModel):
         return self.lease is not None and self.lease.live(now)
 
 
-def save(store: Store, record: JobRecord) -> None:
-    """Write the record atomically (whole-file replace); :class:`StoreUnwritable` if the store refuses."""
+def save(store: Store, record: JobRecord, *, reserve: bool = True) -> None:
+    """Write the record atomically (whole-file replace); :class:`StoreUnwritable` if the store refuses.
+
+    On a full local disk the store's reserve (wsm/store/writable.py) is released for it, unless
+    ``reserve`` is False (new jobs never take it: it is for recording the ones already accepted).
+    """
     record.updated_at = utcnow()
-    with writing(f"the record of job {record.job_id}"):
-        store.save_job(record.run, record.job_id, record)
+    what = f"the record of job {record.job_id}"
+    try:
+        with writing(what):
+            store.save_job(record.run, record.job_id, record)
+    except StoreUnwritable as e:
+        if not (reserve and e.errno in (errno.ENOSPC, errno.EDQUOT) and release_reserve(store)):
+            raise
+        with writing(what):
+            store.save_job(record.run, record.job_id, record)
 
 
 def load(store: Store, run: str, job_id: str) -> JobRecord:

@@ -39,7 +39,7 @@ from anneal.locks import Busy as Busy
 from anneal.ports import Evaluator
 from wsm.settings import Settings
 from wsm.store import ArtifactExistsError, Store
-from wsm.store.writable import StoreUnwritable, unwritable
+from wsm.store.writable import StoreUnwritable, ensure_reserve, unwritable
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +484,8 @@ class Recovery:
     Redis, which would only redeliver it after the (long) visibility timeout. Before sending, the
     sweeper stamps the record's ``enqueued_at`` under the job's mutex, so the sweepers of all
     workers together send one message per job per staleness period; a store that refuses the
-    stamp gets no message (nothing could run anyway). It also removes what killed writers left:
+    stamp gets no message (nothing could run anyway). It keeps the store's reserve for job records
+    allocated (wsm/store/writable.py) and removes what killed writers left:
     scratch directories of attempts that are over (every sweep), staging of dead writers on this
     host (:meth:`startup_cleanup`) and anything older than the visibility timeout (hourly).
     """
@@ -504,6 +505,7 @@ class Recovery:
 
     def startup_cleanup(self) -> list[str]:
         """At once, at start: the staging leftovers of dead writers on this host (killed predecessors)."""
+        ensure_reserve(self.store)
         removed = self.store.cleanup_dead_writers()
         if removed:
             log.info(
@@ -548,6 +550,7 @@ class Recovery:
 
     def sweep(self) -> list[str]:
         stale = self.settings.job_stale_after_s
+        ensure_reserve(self.store)  # back once there is room again
         entries = self._scratch_entries()
         records: dict[str, JobRecord] = {}
         resent = []

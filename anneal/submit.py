@@ -41,8 +41,8 @@ def submit(
     """The job for ``spec`` and whether this call created (or restarted) it.
 
     A queued, running or done job is returned as is; a failed one is queued again. A new job
-    needs a reachable broker (else :class:`BrokerUnavailable`) and a store that takes writes
-    (else :class:`StoreUnwritable`, known from ``probe`` or found by the writes themselves);
+    needs a reachable broker (else :class:`BrokerUnavailable`) and a store that takes writes with
+    room to spare (else :class:`StoreUnwritable`, from ``probe`` or from the writes themselves);
     either way nothing is acknowledged. Its checkpoints are pinned, so retention cannot delete
     them under the job, and its record is written durably; that is the acknowledgement. The
     broker message follows from the publisher's thread (anneal/outbox.py says why that is safe).
@@ -53,9 +53,8 @@ def submit(
         existing = jobs.find(store, spec.run, job_id)
         if existing is not None and existing.state != "failed":
             return existing, False
-        known = probe.known_error() if probe is not None else None
-        if known is not None:
-            raise known
+        if probe is not None:
+            probe.check()  # cached: a probe write (and the free space) at most every few seconds
         publisher.check()
         record = existing or JobRecord(job_id=job_id, spec=spec)
         record.state, record.stage, record.progress = "queued", "queued", 0.0
@@ -64,7 +63,7 @@ def submit(
         try:
             with writing(f"the pin of job {job_id}"):
                 store.pin(spec.run, job_id, spec.tokens, ttl=PIN_TTL)
-            jobs.save(store, record)
+            jobs.save(store, record, reserve=False)
         except StoreUnwritable as e:
             if probe is not None:
                 probe.mark(e)

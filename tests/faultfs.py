@@ -136,6 +136,15 @@ class Mount:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def used(self) -> int:
+        st = os.statvfs(self.path)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    def resize(self, size_bytes: int) -> None:
+        """Grow or shrink the file system (not below what it holds)."""
+        if not _run("mount", "-o", f"remount,size={size_bytes}", str(self.path)):
+            raise RuntimeError(f"cannot resize {self.path} to {size_bytes} bytes")
+
     def read_only(self, on: bool = True) -> None:
         if not _run("mount", "-o", f"remount,{'ro' if on else 'rw'}", str(self.path)):
             raise RuntimeError(f"cannot remount {self.path} {'ro' if on else 'rw'}")

@@ -7,6 +7,8 @@ are in tests/api/test_faults.py.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,10 +22,10 @@ from anneal.jobs import utcnow
 from tests.anneal.test_pipeline import BROKER, InProcess, new_job
 from tests.api.fixtures import make_run
 from tests.conftest import make_settings
-from tests.faultfs import QuotaFileSystem, quota_url
+from tests.faultfs import QuotaFileSystem, can_mount, quota_url, tmpfs
 from wsm.settings import Settings
 from wsm.store import Store
-from wsm.store.writable import StoreUnwritable, WriteProbe
+from wsm.store.writable import RESERVE_FILE, StoreUnwritable, WriteProbe, ensure_reserve
 
 
 @pytest.fixture()
@@ -173,3 +175,56 @@ def test_write_probe_reports_full_and_read_only_without_paths(qstore: Store) -> 
     assert ro is not None and str(ro) == "the store is read-only" and "/" not in str(ro)
     QuotaFileSystem.read_only = False
     assert probe.probe() is None
+
+
+@pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root or CAP_SYS_ADMIN")
+def test_merge_that_would_eat_the_reserve_fails_at_once_and_is_recorded(tmp_path: Path) -> None:
+    """On a real disk: a model that would not leave the reserve free fails before writing a byte."""
+    with tmpfs(tmp_path / "mnt", 16 * 1024 * 1024) as mount:
+        settings = make_settings(
+            store_url=str(mount.path / "store"), state_dir=str(tmp_path / "state"), job_heartbeat_s=0.05
+        )
+        store = Store(settings.store_url, settings=settings)
+        make_run(store)
+        free = os.statvfs(mount.path).f_bavail * os.statvfs(mount.path).f_frsize
+        tight = settings.model_copy(update={"store_reserve_bytes": free - 16 * 1024})  # a model needs ~65 kB
+        store = Store(tight.store_url, settings=tight)
+        record = new_job(store)
+        assert (
+            runner.anneal(store, tight, BROKER, "r1", record.job_id, InProcess(store, tight).dispatch())
+            == "failed"
+        )
+        rec = jobs.load(store, "r1", record.job_id)
+        assert rec.state == "failed" and (rec.error or "").startswith("the store is full")
+        assert "bytes are needed" in (rec.error or "") and "kept for job records" in (rec.error or "")
+        assert store.list_models("r1") == [] and not list(Path(store.root, "runs/r1/models").glob("*"))
+
+
+@pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root or CAP_SYS_ADMIN")
+def test_reserve_lets_a_failure_be_recorded_on_a_full_disk(tmp_path: Path) -> None:
+    """A disk filled to the last byte: a job's failure is still recorded (from the reserve), a new job is not."""
+    with tmpfs(tmp_path / "mnt", 8 * 1024 * 1024) as mount:
+        settings = make_settings(
+            store_url=str(mount.path / "store"),
+            state_dir=str(tmp_path / "state"),
+            store_reserve_bytes=256 * 1024,
+        )
+        store = Store(settings.store_url, settings=settings)
+        make_run(store)
+        record = new_job(store)
+        assert ensure_reserve(store) and (Path(store.root) / RESERVE_FILE).stat().st_size == 256 * 1024
+        with open(mount.path / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        spec = jobs.load(store, "r1", record.job_id).spec
+        other = jobs.JobRecord(job_id="job-new", spec=spec)
+        with pytest.raises(StoreUnwritable, match="full"):
+            jobs.save(store, other, reserve=False)  # new work never takes the reserve
+        rec = jobs.load(store, "r1", record.job_id)
+        rec.state, rec.error = "failed", "the store is full (no space left on device)"
+        jobs.save(store, rec)  # an accepted job's failure does
+        assert jobs.load(store, "r1", record.job_id).state == "failed"
+        assert not (Path(store.root) / RESERVE_FILE).exists()
+        (mount.path / "filler").unlink()
+        runner.Recovery(store, settings, lambda r, j: None, lambda r, j: None, BROKER).sweep()
+        assert (Path(store.root) / RESERVE_FILE).exists(), "allocated again once there is room"

@@ -104,7 +104,11 @@ def test_real_full_then_read_only_file_system(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "mnt", 2 * 1024 * 1024) as mount:
         root = mount.path / "store"
         settings = make_settings(
-            store_url=str(root), state_dir=str(tmp_path / "state"), api_token=None, api_store_probe_s=0
+            store_url=str(root),
+            state_dir=str(tmp_path / "state"),
+            api_token=None,
+            api_store_probe_s=0,
+            store_reserve_bytes=64 * 1024,
         )
         store = Store(settings.store_url, settings=settings)
         make_run(store)
@@ -123,6 +127,11 @@ def test_real_full_then_read_only_file_system(tmp_path: Path) -> None:
             filler.unlink()
         assert jobs.list_jobs(store, "r1") == []
         _accepted(client, store)
+        # Less free than the reserve kept for job records: refused before the disk is full.
+        reserve = settings.model_copy(update={"store_reserve_bytes": 4 * 1024 * 1024})
+        strict = _client(reserve, Store(reserve.store_url, settings=reserve))
+        r = strict.post("/anneal", json={**BODY, "curve": "cosine"})
+        assert r.status_code == 503 and "kept for job records" in r.json()["detail"], r.text
         mount.read_only()
         try:
             client.app.state.publisher.flush(5)  # type: ignore[attr-defined]

@@ -77,6 +77,11 @@ def _submit(client: TestClient, *curves: str, window: str = "30M") -> list[str]:
     return ids
 
 
+def _hidden(store: Store) -> list[str]:
+    """Hidden leftovers (staging, temporary files) anywhere in the run."""
+    return [p.name for p in Path(store.root, "runs", "r1").rglob(".*")]
+
+
 def _broker(stack: ExitStack, tmp_path: Path, broker: str) -> str | None:
     return stack.enter_context(redis_server(tmp_path)) if broker == "redis" else None
 
@@ -132,6 +137,7 @@ def test_killing_a_busy_pool_child_the_job_completes_on_the_same_worker(tmp_path
         assert done["attempts"] == 2 and worker.proc.poll() is None
         assert [m.name for m in store.list_models("r1")] == [done["model_name"]]
         store.verify(store.list_models("r1")[0])
+        assert _hidden(store) == []  # the killed child's staging went when its replacement started
         _finish(client, _submit(client, "linear"), worker)  # and the worker still takes new jobs
 
 
@@ -160,7 +166,7 @@ def test_killing_the_main_process_the_job_completes_after_the_restart(tmp_path: 
     second = Worker(service_env(settings, merge_throttle_s=0), tmp_path / "worker2.log", queues="merge")
     try:
         (done,) = _finish(client, [job_id], second)
-        assert done["attempts"] == 2
+        assert done["attempts"] == 2 and _hidden(store) == []
         _finish(client, _submit(client, "linear"), second)
     finally:
         second.stop()

@@ -40,6 +40,7 @@ def service_env(settings: Any, **extra: Any) -> dict[str, str]:
         "merge_split_bytes": settings.merge_split_bytes,
         "merge_parts": settings.merge_parts,
         "merge_throttle_s": settings.merge_throttle_s,
+        "store_reserve_bytes": settings.store_reserve_bytes,
         "eval_config": settings.eval_config.model_dump_json(),
         **extra,
     }

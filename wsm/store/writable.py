@@ -8,8 +8,9 @@ the ``OSError`` carried (the API shows it to clients; the log keeps the original
 is not a "store cannot be written" condition and is left alone.
 
 :class:`WriteProbe` answers "is the store writable right now?" cheaply for ``/healthz`` and for
-new requests: a small hidden file written and removed, its answer cached for ``ttl_s``; a real
-write that fails marks the store unwritable at once.
+new requests: a small hidden file written and removed, and for a local store at least
+``store_reserve_bytes`` free (:func:`check_room`), its answer cached for ``ttl_s``; a real write
+that fails marks the store unwritable at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import threading
 import time
 import uuid
@@ -87,6 +89,95 @@ def writing(what: str) -> Iterator[None]:
         raise StoreUnwritable(f"{mapped.reason}: cannot write {what}", mapped.errno) from e
 
 
+def free_bytes(store: FileStore) -> int | None:
+    """Bytes free for writing in a local store (None for object stores, which have no such limit)."""
+    if not store.is_local:
+        return None
+    try:
+        st = os.statvfs(store.root)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def check_room(store: FileStore, need: int = 0) -> None:
+    """Raise :class:`StoreUnwritable` unless ``need`` bytes fit with ``store_reserve_bytes`` to spare.
+
+    The reserve keeps room for job records on a filling disk, so a job that fails can still be
+    recorded: it counts whether it is free or allocated in the reserve file (:func:`ensure_reserve`).
+    """
+    free = free_bytes(store)
+    reserve = store.settings.store_reserve_bytes
+    if free is None:
+        return
+    free_or_reserved = free + _reserve_size(store)
+    if free_or_reserved >= need + reserve:
+        return
+    what = f"{need} bytes are needed and " if need else ""
+    raise StoreUnwritable(
+        f"{REASONS[errno.ENOSPC]}: {what}{free} bytes are free ({reserve} are kept for job records)",
+        errno.ENOSPC,
+    )
+
+
+RESERVE_FILE = ".reserve"
+"""A local store's reserve (``store_reserve_bytes`` of allocated space at its root): released when a
+job record meets a full disk, so the record can still be written; recreated once space is back."""
+
+
+def _reserve_path(store: FileStore) -> str:
+    return os.path.join(str(store.root), RESERVE_FILE)
+
+
+def _reserve_size(store: FileStore) -> int:
+    try:
+        return os.stat(_reserve_path(store)).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def ensure_reserve(store: FileStore) -> bool:
+    """Allocate the reserve file if it is missing and twice its size is free; True if it exists now."""
+    size = store.settings.store_reserve_bytes
+    if not store.is_local or size <= 0:
+        return False
+    path = _reserve_path(store)
+    if os.path.exists(path):
+        return True
+    free = free_bytes(store)
+    if free is None or free < 2 * size:
+        return False
+    tmp = backend.local_tmp_name(path)
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)  # blocks really allocated, not a sparse file
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        log.warning("cannot allocate the store's reserve: %s", e)
+        return False
+    return True
+
+
+def release_reserve(store: FileStore) -> bool:
+    """Free the reserve (a record meets a full disk); True if there was one to free."""
+    if not store.is_local:
+        return False
+    try:
+        os.unlink(_reserve_path(store))
+    except FileNotFoundError:
+        return False
+    log.warning(
+        "the store is full: released its reserve of %d bytes for job records",
+        store.settings.store_reserve_bytes,
+    )
+    return True
+
+
 PROBE_BYTES = 4096
 """Size of the probe file: one page, roughly a job record."""
 
@@ -107,6 +198,11 @@ class WriteProbe:
             if time.monotonic() - self._checked < self.ttl_s:
                 return self._error
         error = self._write_and_remove()
+        if error is None:
+            try:
+                check_room(self.store)
+            except StoreUnwritable as e:
+                error = e
         with self._lock:
             self._error, self._checked = error, time.monotonic()
         return error
