@@ -347,8 +347,8 @@ def trial_worker(tmp: Path, rng: random.Random, kills: int = 3) -> Counts:
         for _ in range(kills):
             time.sleep(rng.uniform(0.3, 4.0))
             worker = workers[-1]
-            pool = worker.children()
-            if pool and rng.random() < 0.75:
+            pool = _wait(worker.children, 60, "the pool processes")  # a killed child's replacement too
+            if rng.random() < 0.75:
                 os.kill(rng.choice(pool), signal.SIGKILL)
                 counts.kills["pool child"] += 1
             else:
@@ -419,9 +419,10 @@ def trial_redis(tmp: Path, rng: random.Random, kills: int = 2) -> Counts:
         env = service_env(settings)
         acknowledged: set[str] = set()
         requests = Requests(rng)
-        with _workers(env, tmp) as workers:
+        enqueuer = CeleryEnqueuer(settings)
+        with _workers(env, tmp) as workers, contextlib.closing(enqueuer):
             workers[-1].wait_ready()
-            client = TestClient(create_app(settings, store=store, enqueuer=CeleryEnqueuer(settings)))
+            client = TestClient(create_app(settings, store=store, enqueuer=enqueuer))
             for _ in range(kills):
                 for body in requests.take(3):
                     r = client.post("/anneal", json=body)
