@@ -9,6 +9,7 @@ and config): asking twice for the same anneal gives the same job.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from merger.provenance import AnnealSelection as AnnealSelection
 from wsm.eval_config import EvalConfig
 from wsm.store import ArtifactNotFoundError, EvalManifest, Store
+from wsm.store.writable import StoreUnwritable, release_reserve, writing
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,22 @@ class JobSpec(BaseModel):
         return f"job-{key[:24]}"
 
 
+class Lease(BaseModel):
+    """Who may work on a job until when (anneal/lease.py); stored in the record, so it outlives its holder."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    holder: str
+    """The attempt holding the job: a merge's ``attempt_id``, or ``eval-…`` for its evaluation."""
+    owner: str
+    """The process that took it (``host:pid``), for people reading the record."""
+    expires_at: datetime
+    """Until when it holds; renewed by the heartbeat. After it, another worker may take the job over."""
+
+    def live(self, now: datetime) -> bool:
+        return now < self.expires_at
+
+
 class JobRecord(BaseModel):
     """A job's state as persisted in the store; only the worker holding the job's lock updates it."""
 
@@ -159,6 +177,8 @@ class JobRecord(BaseModel):
     enqueued_at: datetime = Field(default_factory=utcnow)
     heartbeat_at: datetime | None = None
     finished_at: datetime | None = None
+    lease: Lease | None = None
+    """The attempt working on the job now, if any (None while queued, between stages and when finished)."""
 
     @property
     def run(self) -> str:
@@ -182,11 +202,27 @@ class JobRecord(BaseModel):
         """When the job last showed progress (or was enqueued, if it never started)."""
         return max(t for t in (self.heartbeat_at, self.enqueued_at) if t is not None)
 
+    def held(self, now: datetime) -> bool:
+        """Whether a live attempt holds the job (its lease has not expired)."""
+        return self.lease is not None and self.lease.live(now)
 
-def save(store: Store, record: JobRecord) -> None:
-    """Write the record atomically (whole-file replace)."""
+
+def save(store: Store, record: JobRecord, *, reserve: bool = True) -> None:
+    """Write the record atomically (whole-file replace); :class:`StoreUnwritable` if the store refuses.
+
+    On a full local disk the store's reserve (wsm/store/writable.py) is released for it, unless
+    ``reserve`` is False (new jobs never take it: it is for recording the ones already accepted).
+    """
     record.updated_at = utcnow()
-    store.save_job(record.run, record.job_id, record)
+    what = f"the record of job {record.job_id}"
+    try:
+        with writing(what):
+            store.save_job(record.run, record.job_id, record)
+    except StoreUnwritable as e:
+        if not (reserve and e.errno in (errno.ENOSPC, errno.EDQUOT) and release_reserve(store)):
+            raise
+        with writing(what):
+            store.save_job(record.run, record.job_id, record)
 
 
 def load(store: Store, run: str, job_id: str) -> JobRecord:

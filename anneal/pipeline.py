@@ -30,6 +30,7 @@ from merger.errors import MergeError
 from merger.plan import MergePart, MergePlan
 from merger.stats import MergeStats
 from wsm.store import EvalManifest, ModelManifest, Store, layout
+from wsm.store.writable import check_room
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,12 @@ def progress_adapter(report: Callable[[float], None], throttle_s: float = 0.0) -
 def merge(
     store: Store, spec: JobSpec, plan: MergePlan, on_progress: ProgressFn | None = None
 ) -> ModelManifest:
-    """Stage 2 on one worker: merge and publish atomically as ``runs/<run>/models/<model_name>``."""
+    """Stage 2 on one worker: merge and publish atomically as ``runs/<run>/models/<model_name>``.
+
+    Refuses at once (:class:`StoreUnwritable`, naming the sizes) when the model would not fit with
+    the store's reserve to spare, rather than filling the disk and failing at the end.
+    """
+    check_room(store, plan.output_bytes)
     manifest, stats = store_io.publish_merge(store, plan, name=spec.model_name, on_progress=on_progress)
     log.info("job model %s: %.2f GB in %.1fs", manifest.dir, stats.gb_read, stats.seconds)
     return manifest
@@ -117,7 +123,9 @@ def publish_parts(store: Store, spec: JobSpec, scratch: str, results: list[PartR
     if any(r.skipped or r.stats is None for r in results):
         raise MergeError("a part was skipped; the job moved on to another attempt")
     stats = [MergeStats.from_dict(r.stats) for r in results if r.stats is not None]
-    return store_io.publish_parts(store, read_split_plan(scratch), scratch, stats, name=spec.model_name)
+    plan = read_split_plan(scratch)
+    check_room(store, plan.output_bytes)
+    return store_io.publish_parts(store, plan, scratch, stats, name=spec.model_name)
 
 
 def remove_scratch(scratch: str) -> None:

@@ -6,17 +6,23 @@ store (anneal/jobs.py), which is what the API shows and what survives restarts.
 
 Rules that make jobs idempotent and crash-safe:
 
-* A job's merge and its evaluation each run under a lock (anneal/locks.py); a second message for
-  the same job finds the lock taken (retry later) or the record finished (return at once).
-* Every attempt gets a fresh ``attempt_id``; parts and the final step of a split merge carry it
-  and do nothing if the record has moved on to a newer attempt (a stale chord is harmless).
+* Work on a job needs its lease (anneal/lease.py), written durably before the work starts. A
+  message for a job whose lease is live (a duplicate, a backlogged resend) or that has finished
+  does nothing; an expired lease is taken over. So a duplicate never restarts a running job, and a
+  dead attempt is taken over once its lease expires, and only then.
+* Before any stage, the record is reconciled with the store: a model that is already published is
+  never merged again, and the record says so before anything else happens.
+* Every merge attempt gets a fresh ``attempt_id``, which is also its lease holder: the parts and
+  the final step of a split merge carry it and do nothing once another attempt holds the job.
 * The model is published atomically by the store and reused if an earlier attempt got that far.
-* A worker that dies stops heartbeating; :func:`recover` re-enqueues such jobs.
+* A failure is recorded as ``failed`` with its reason; while the store refuses the write, the
+  worker retries with a growing delay for up to one lease period, never re-running the work.
+* A worker that dies stops renewing its lease; :class:`Recovery` re-enqueues such jobs.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import logging
 import os
 import threading
@@ -28,16 +34,16 @@ from typing import Any
 
 from anneal import external, jobs, pipeline, policies
 from anneal.jobs import EvalSummary, JobRecord, utcnow
-from anneal.locks import job_lock
+from anneal.lease import LeaseLost, Leases
+from anneal.locks import Busy as Busy
 from anneal.ports import Evaluator
 from wsm.settings import Settings
 from wsm.store import ArtifactExistsError, Store
+from wsm.store.writable import StoreUnwritable, ensure_reserve, unwritable
 
 log = logging.getLogger(__name__)
 
-
-class Busy(Exception):
-    """Another worker holds the job's lock: try again later."""
+MERGE_STAGES = frozenset({"queued", "resolving", "merging", "publishing"})
 
 
 @dataclass(frozen=True)
@@ -50,26 +56,29 @@ class Dispatch:
     """``split(run, job_id, attempt_id, parts)``: run the parts, then :func:`finalize_split`."""
 
 
+class RecordUnwritable(Exception):
+    """The attempt could not write its record for a whole lease period: it gives up (nothing to record)."""
+
+
 class Heartbeat:
-    """Writes the record's progress and heartbeat every ``job_heartbeat_s`` and renews the lock.
+    """Renews the lease and writes progress every ``job_heartbeat_s``; stage changes are written at once.
 
     The pipeline reports progress into memory (cheap, from the merge loop); one thread persists
-    it, so a fast merge does not hammer the store and a slow evaluation still shows life.
+    it, so a fast merge does not hammer the store and a slow evaluation still shows life. Once the
+    lease is lost, :meth:`progress` raises :class:`LeaseLost`, which stops the merge.
     """
 
-    def __init__(
-        self, store: Store, record: JobRecord, settings: Settings, renew: Callable[[], None] | None = None
-    ) -> None:
-        self.store = store
+    def __init__(self, leases: Leases, record: JobRecord, holder: str) -> None:
+        self.leases = leases
         self.record = record
-        self._interval = settings.job_heartbeat_s
-        self._renew = renew
+        self.holder = holder
+        self._interval = leases.settings.job_heartbeat_s
         self._mutex = threading.Lock()
         self._stop = threading.Event()
+        self.lost = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"wsm-heartbeat-{record.job_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
-        self.save()
         self._thread.start()
         return self
 
@@ -78,29 +87,45 @@ class Heartbeat:
         self._thread.join()
 
     def progress(self, percent: float) -> None:
+        if self.lost.is_set():
+            raise LeaseLost(f"job {self.record.job_id}: attempt {self.holder} lost its lease")
         self.record.progress = max(0.0, min(100.0, float(percent)))
 
     def save(self, **changes: Any) -> None:
-        """Apply ``changes`` to the record and write it now (stage changes are shown at once)."""
+        """Apply ``changes`` to the record and write it now, retrying while the store refuses."""
+        try:
+            self.leases.persist(lambda: self._write(changes))
+        except LeaseLost:
+            self.lost.set()
+            raise
+        except StoreUnwritable as e:
+            raise RecordUnwritable(str(e)) from e
+
+    def _write(self, changes: dict[str, Any]) -> None:
         with self._mutex:
             for k, v in changes.items():
                 setattr(self.record, k, v)
-            self.record.heartbeat_at = utcnow()
-            jobs.save(self.store, self.record)
+            self.leases.write(self.record, self.holder)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self.save()
-                if self._renew is not None:
-                    self._renew()
-            except Exception:  # a missed heartbeat is not fatal; the next one may succeed
-                log.warning("heartbeat of %s failed", self.record.job_id, exc_info=True)
+                self._write({})
+            except LeaseLost:
+                log.warning("job %s: attempt %s lost its lease; stopping", self.record.job_id, self.holder)
+                self.lost.set()
+                return
+            except Exception as e:  # a missed heartbeat is not fatal; the next one may succeed
+                log.warning("heartbeat of %s failed: %s", self.record.job_id, e)
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return f"out of disk space: {exc}"
+    """The reason a job failed, as its record shows it."""
+    if isinstance(exc, StoreUnwritable):
+        return str(exc)
+    store = unwritable(exc)
+    if store is not None:
+        return store.reason
     text = str(exc) or type(exc).__name__
     return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
 
@@ -113,85 +138,168 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-def fail(store: Store, record: JobRecord, exc: BaseException, scratch: str | None = None) -> None:
-    """End the job as ``failed`` with a readable reason; nothing was published (atomic publish)."""
-    log.error("job %s failed: %s", record.job_id, _reason(exc), exc_info=exc)
-    record.state, record.stage, record.error = "failed", "failed", _reason(exc)
+def _unpin(store: Store, record: JobRecord) -> None:
+    try:
+        store.unpin(record.run, record.job_id)
+    except Exception as e:  # a left pin expires by itself (anneal/submit.py, PIN_TTL)
+        log.warning("could not unpin job %s: %s", record.job_id, e)
+
+
+def fail(
+    leases: Leases, record: JobRecord, holder: str, exc: BaseException, scratch: str | None = None
+) -> str:
+    """End the job as ``failed`` with a readable reason; nothing was published (atomic publish).
+
+    Returns ``"failed"``, or ``"superseded"`` if another attempt holds the job now, or
+    ``"unrecorded"`` if the store refused the record for a whole lease period (the job is then
+    taken over after its lease expires, once the store takes writes again).
+    """
+    reason = _reason(exc)
+    log.error("job %s failed: %s", record.job_id, reason, exc_info=exc)
+    record.state, record.stage, record.error = "failed", "failed", reason
     record.message = "failed"
     record.finished_at = utcnow()
-    jobs.save(store, record)
-    store.unpin(record.run, record.job_id)
-    if scratch:
-        pipeline.remove_scratch(scratch)
+    try:
+        leases.persist(lambda: leases.write(record, holder, release=True))
+    except LeaseLost:
+        log.warning("job %s: another attempt holds it; its failure here is not recorded", record.job_id)
+        return "superseded"
+    except StoreUnwritable as e:
+        log.error("job %s: cannot record its failure (%s): %s", record.job_id, reason, e)
+        return "unrecorded"
+    finally:
+        if scratch:
+            pipeline.remove_scratch(scratch)
+    _unpin(leases.store, record)
+    return "failed"
 
 
-def finish(store: Store, record: JobRecord) -> None:
+def _finish(leases: Leases, record: JobRecord, holder: str) -> None:
     record.state, record.stage, record.progress, record.message = "done", "done", 100.0, "done"
     record.finished_at = utcnow()
-    jobs.save(store, record)
-    store.unpin(record.run, record.job_id)
+    try:
+        leases.persist(lambda: leases.write(record, holder, release=True))
+    except StoreUnwritable as e:
+        raise RecordUnwritable(str(e)) from e
+    _unpin(leases.store, record)
     log.info("job %s done", record.job_id)
 
 
 def scratch_dir(settings: Settings, job_id: str, attempt_id: str) -> str:
-    base = settings.merge_scratch_dir or os.path.join(settings.state_dir, "scratch")
-    return os.path.join(os.path.abspath(base), f"{job_id}-{attempt_id}")
+    return os.path.join(scratch_root(settings), f"{job_id}-{attempt_id}")
 
 
-def _claim(settings: Settings, broker_url: str, key: str) -> Any:
-    lock = job_lock(settings, broker_url, key)
-    if not lock.acquire():
-        raise Busy(key)
-    return lock
+def scratch_root(settings: Settings) -> str:
+    return os.path.abspath(settings.merge_scratch_dir or os.path.join(settings.state_dir, "scratch"))
 
 
-def _after_merge(store: Store, record: JobRecord, dispatch: Dispatch) -> str:
+def reconcile(store: Store, record: JobRecord) -> bool:
+    """Make the record agree with the store before any stage; True if it changed.
+
+    A model published by an earlier attempt whose record write was lost (killed, or the store
+    refused it) makes the record say ``model_published`` and leave the merge stages.
+    """
+    if record.model_published or record.stage not in MERGE_STAGES:
+        return False
+    if pipeline.published_model(store, record.spec) is None:
+        return False
+    log.info("job %s: its model is already published; the record catches up", record.job_id)
+    record.model_published = True
+    record.progress = 100.0
+    return True
+
+
+def _hand_over(
+    leases: Leases, record: JobRecord, dispatch: Dispatch, holder: str | None, evaluate_now: bool = True
+) -> str:
+    """The model is published: finish the job, or queue its evaluation (giving the lease up)."""
     record.model_published = True
     if not record.spec.evaluate:
-        finish(store, record)
-        return "done"
-    record.stage, record.progress, record.message = "waiting_eval", 0.0, "model published; evaluation queued"
-    record.enqueued_at = utcnow()
-    jobs.save(store, record)
-    dispatch.evaluate(record.run, record.job_id)
-    return "merged"
+        record.state, record.stage, record.progress, record.message = "done", "done", 100.0, "done"
+        record.finished_at = utcnow()
+        outcome = "done"
+    else:
+        record.state, record.stage = "running", "waiting_eval"
+        record.progress, record.message = 0.0, "model published; evaluation queued"
+        record.enqueued_at = utcnow()
+        outcome = "merged"
+    if holder is None:  # inside the mutex, no lease taken: write once, a refusal backs off in Celery
+        record.lease = None
+        jobs.save(leases.store, record)
+    else:
+        try:
+            leases.persist(lambda: leases.write(record, holder, release=True))
+        except StoreUnwritable as e:
+            raise RecordUnwritable(str(e)) from e
+    if outcome == "done":
+        _unpin(leases.store, record)
+        log.info("job %s done", record.job_id)
+    elif evaluate_now:
+        dispatch.evaluate(record.run, record.job_id)
+    return outcome
 
 
 def anneal(
     store: Store, settings: Settings, broker_url: str, run: str, job_id: str, dispatch: Dispatch
 ) -> str:
-    """Stages 1-2 of a job (and dispatch of 3-4). Returns what happened, for logs and tests."""
-    lock = _claim(settings, broker_url, job_id)
-    try:
-        record = jobs.find(store, run, job_id)
+    """Stages 1-2 of a job (and dispatch of 3-4). Returns what happened, for logs and tests.
+
+    Raises :class:`Busy` (the job's mutex stayed taken) and :class:`StoreUnwritable` (the claim
+    could not be written): the task retries later, with a growing delay for the latter.
+    """
+    leases = Leases(store, settings, broker_url)
+    with leases.locked(run, job_id) as record:
         if record is None:
             log.warning("job %s of run %s has no record; dropping the message", job_id, run)
             return "missing"
         if not record.active:
             return record.state
-        if record.model_published:  # an earlier attempt merged; only the evaluation is left
+        now = utcnow()
+        if record.held(now):
+            log.info("job %s is held by %s; duplicate message dropped", job_id, record.lease)
+            return "duplicate"
+        reconcile(store, record)
+        published = record.model_published
+        if published:
+            idle = (now - record.last_sign_of_life()).total_seconds()
+            if (
+                record.state == "running"
+                and record.stage == "waiting_eval"
+                and idle < settings.job_stale_after_s
+            ):
+                return "duplicate"  # its evaluation is queued
             record.state, record.error = "running", None
-            return _after_merge(store, record, dispatch)
-        record.attempts += 1
-        record.attempt_id = uuid.uuid4().hex[:12]
-        record.state, record.error, record.split_parts = "running", None, 0
-        try:
-            return _merge_stage(store, settings, record, dispatch, lock.renew)
-        except Exception as e:
-            if is_transient(e):
-                raise
-            fail(store, record, e)
-            return "failed"
-    finally:
-        lock.release()
+            outcome = _hand_over(leases, record, dispatch, holder=None, evaluate_now=False)
+        else:
+            holder = uuid.uuid4().hex[:12]
+            record.attempts += 1
+            record.attempt_id = holder
+            record.state, record.error, record.split_parts = "running", None, 0
+            record.stage, record.progress = "resolving", 0.0
+            record.message = "checking the source checkpoints"
+            leases.take(record, holder)
+            jobs.save(store, record)  # the durable claim: refused, nothing runs
+    if published:  # an earlier attempt merged: evaluation (dispatched outside the mutex) or done
+        if outcome == "merged":
+            dispatch.evaluate(run, job_id)
+        return outcome
+    try:
+        return _merge_stage(leases, record, holder, dispatch)
+    except LeaseLost:
+        log.warning("job %s: attempt %s was taken over; it stops", job_id, holder)
+        return "superseded"
+    except RecordUnwritable as e:
+        log.error("job %s: attempt %s gives up, its record cannot be written: %s", job_id, holder, e)
+        return "unrecorded"
+    except Exception as e:
+        if is_transient(e):
+            raise
+        return fail(leases, record, holder, e)
 
 
-def _merge_stage(
-    store: Store, settings: Settings, record: JobRecord, dispatch: Dispatch, renew: Callable[[], None]
-) -> str:
-    spec = record.spec
-    with Heartbeat(store, record, settings, renew) as hb:
-        hb.save(stage="resolving", progress=0.0, message="checking the source checkpoints")
+def _merge_stage(leases: Leases, record: JobRecord, holder: str, dispatch: Dispatch) -> str:
+    store, settings, spec = leases.store, leases.settings, record.spec
+    with Heartbeat(leases, record, holder) as hb:
         if pipeline.published_model(store, spec) is None:
             plan = pipeline.build_plan(store, spec)
             parts = (
@@ -200,11 +308,11 @@ def _merge_stage(
                 else []
             )
             if len(parts) > 1:
-                assert record.attempt_id is not None
-                scratch = scratch_dir(settings, record.job_id, record.attempt_id)
+                scratch = scratch_dir(settings, record.job_id, holder)
                 pipeline.write_split_plan(parts[0].plan, scratch)
                 hb.save(stage="merging", split_parts=len(parts), message=f"merging in {len(parts)} parts")
-                dispatch.split(record.run, record.job_id, record.attempt_id, len(parts))
+                # The lease stays with the attempt: its parts and its final step renew it.
+                dispatch.split(record.run, record.job_id, holder, len(parts))
                 return "split"
             hb.save(stage="merging", message=f"merging {len(spec.tokens)} checkpoints")
             on_progress = pipeline.progress_adapter(hb.progress, settings.merge_throttle_s)
@@ -212,34 +320,45 @@ def _merge_stage(
                 pipeline.merge(store, spec, plan, on_progress)
             except ArtifactExistsError:
                 pipeline.published_model(store, spec)  # published concurrently: fine if identical
-    return _after_merge(store, record, dispatch)
+    return _hand_over(leases, record, dispatch, holder)
 
 
 def run_part(
-    store: Store, settings: Settings, run: str, job_id: str, attempt_id: str, index: int, parts: int
+    store: Store,
+    settings: Settings,
+    run: str,
+    job_id: str,
+    attempt_id: str,
+    index: int,
+    parts: int,
+    broker_url: str = "",
 ) -> pipeline.PartResult:
     """One part of a split merge. Never raises for bad input: the final step reports the error."""
     record = jobs.find(store, run, job_id)
-    if record is None or record.attempt_id != attempt_id or record.state != "running":
+    if record is None or record.lease is None or record.lease.holder != attempt_id or not record.active:
         return pipeline.PartResult(part=index, skipped=True)
+    leases = Leases(store, settings, broker_url)
     scratch = scratch_dir(settings, job_id, attempt_id)
     done = {"percent": 0.0}
+    stop, lost = threading.Event(), threading.Event()
 
     def report(percent: float) -> None:
+        if lost.is_set():
+            raise LeaseLost(f"job {job_id}: attempt {attempt_id} was taken over")
         done["percent"] = percent
 
-    stop = threading.Event()
+    def touch(current: JobRecord) -> None:  # parts share the record: only progress, never the state
+        current.progress = max(current.progress, done["percent"] / parts * (index + 1))
 
-    def beat() -> None:  # parts share the record: only touch the heartbeat, never the state
+    def beat() -> None:
         while not stop.wait(settings.job_heartbeat_s):
             try:
-                current = jobs.load(store, run, job_id)
-                if current.attempt_id == attempt_id and current.state == "running":
-                    current.heartbeat_at = utcnow()
-                    current.progress = max(current.progress, done["percent"] / parts * (index + 1))
-                    jobs.save(store, current)
-            except Exception:
-                log.warning("heartbeat of %s part %d failed", job_id, index, exc_info=True)
+                leases.update(run, job_id, attempt_id, touch)
+            except LeaseLost:
+                lost.set()
+                return
+            except Exception as e:
+                log.warning("heartbeat of %s part %d failed: %s", job_id, index, e)
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
@@ -247,6 +366,8 @@ def run_part(
         return pipeline.run_part(
             scratch, index, parts, pipeline.progress_adapter(report, settings.merge_throttle_s)
         )
+    except LeaseLost:
+        return pipeline.PartResult(part=index, skipped=True)
     except Exception as e:
         if is_transient(e):
             raise
@@ -268,64 +389,79 @@ def finalize_split(
     dispatch: Dispatch,
 ) -> str:
     """Final step of a split merge: publish the parts' shards with the index, atomically."""
+    leases = Leases(store, settings, broker_url)
     scratch = scratch_dir(settings, job_id, attempt_id)
-    lock = _claim(settings, broker_url, job_id)
-    try:
-        record = jobs.find(store, run, job_id)
-        if record is None or record.attempt_id != attempt_id or record.state != "running":
+    with leases.locked(run, job_id) as record:
+        if record is None or not record.active or record.lease is None or record.lease.holder != attempt_id:
             pipeline.remove_scratch(scratch)
             return "stale"
-        try:
-            with Heartbeat(store, record, settings, lock.renew) as hb:
-                hb.save(stage="publishing", progress=0.0, message="publishing shards")
-                try:
-                    pipeline.publish_parts(store, record.spec, scratch, results)
-                except ArtifactExistsError:
-                    pipeline.published_model(store, record.spec)
-        except Exception as e:
-            if is_transient(e):
-                raise
-            fail(store, record, e, scratch)
-            return "failed"
+        leases.take(record, attempt_id)  # renewed: the parts may have taken long
+        jobs.save(store, record)
+    try:
+        with Heartbeat(leases, record, attempt_id) as hb:
+            hb.save(stage="publishing", progress=0.0, message="publishing shards")
+            try:
+                pipeline.publish_parts(store, record.spec, scratch, results)
+            except ArtifactExistsError:
+                pipeline.published_model(store, record.spec)
         pipeline.remove_scratch(scratch)
-        return _after_merge(store, record, dispatch)
-    finally:
-        lock.release()
+        return _hand_over(leases, record, dispatch, attempt_id)
+    except LeaseLost:
+        return "superseded"
+    except RecordUnwritable as e:
+        log.error("job %s: attempt %s gives up, its record cannot be written: %s", job_id, attempt_id, e)
+        return "unrecorded"
+    except Exception as e:
+        if is_transient(e):
+            raise
+        return fail(leases, record, attempt_id, e, scratch)
 
 
 def evaluate(
     store: Store, settings: Settings, broker_url: str, run: str, job_id: str, evaluator: Evaluator
 ) -> str:
     """Stages 3-4: evaluate the annealed model, then the WSO checkpoint at the window's end."""
-    lock = _claim(settings, broker_url, f"{job_id}.eval")
+    leases = Leases(store, settings, broker_url)
+    with leases.locked(run, job_id) as record:
+        if record is None:
+            return "missing"
+        if not record.active:
+            return record.state
+        if record.held(utcnow()):
+            return "duplicate"
+        reconcile(store, record)
+        if not record.model_published:
+            return record.stage  # a stale message: the merge is not done (the anneal message drives it)
+        holder = f"eval-{uuid.uuid4().hex[:12]}"
+        record.state, record.error = "running", None
+        leases.take(record, holder)
+        jobs.save(store, record)
+    targets = pipeline.evaluation_targets(record.spec)
     try:
-        record = jobs.find(store, run, job_id)
-        if record is None or record.state != "running" or not record.model_published:
-            return record.state if record else "missing"
-        targets = pipeline.evaluation_targets(record.spec)
-        try:
-            with Heartbeat(store, record, settings, lock.renew) as hb:
-                for which in targets:
-                    if which in record.evals:
-                        continue
-                    hb.save(
-                        stage=f"evaluating_{which}",
-                        progress=0.0,
-                        message=pipeline.evaluation_message(record.spec, targets[which]),
-                    )
-                    manifest = pipeline.evaluate(
-                        evaluator, store, record.spec, targets[which], _eval_progress(hb)
-                    )
-                    hb.save(evals={**record.evals, which: EvalSummary.of(manifest)})
-        except Exception as e:
-            if is_transient(e):
-                raise
-            fail(store, record, e)
-            return "failed"
-        finish(store, record)
+        with Heartbeat(leases, record, holder) as hb:
+            for which in targets:
+                if which in record.evals:
+                    continue
+                hb.save(
+                    stage=f"evaluating_{which}",
+                    progress=0.0,
+                    message=pipeline.evaluation_message(record.spec, targets[which]),
+                )
+                manifest = pipeline.evaluate(
+                    evaluator, store, record.spec, targets[which], _eval_progress(hb)
+                )
+                hb.save(evals={**record.evals, which: EvalSummary.of(manifest)})
+        _finish(leases, record, holder)
         return "done"
-    finally:
-        lock.release()
+    except LeaseLost:
+        return "superseded"
+    except RecordUnwritable as e:
+        log.error("job %s: evaluation gives up, its record cannot be written: %s", job_id, e)
+        return "unrecorded"
+    except Exception as e:
+        if is_transient(e):
+            raise
+        return fail(leases, record, holder, e)
 
 
 def _eval_progress(hb: Heartbeat) -> Callable[..., None]:
@@ -344,12 +480,16 @@ def _eval_progress(hb: Heartbeat) -> Callable[..., None]:
 
 
 class Recovery:
-    """Finds jobs whose worker died (stale heartbeat) and enqueues their next step again.
+    """Finds jobs whose attempt died (expired lease, or queued with no sign of life) and enqueues them again.
 
     Needed for the embedded broker, which loses a message whose consumer was SIGKILLed, and for
-    Redis, which would only redeliver it after the (long) visibility timeout. Duplicate messages
-    are harmless (locks, finished records), but one sweeper does not resend a job more than once
-    per staleness period.
+    Redis, which would only redeliver it after the (long) visibility timeout. Before sending, the
+    sweeper stamps the record's ``enqueued_at`` under the job's mutex, so the sweepers of all
+    workers together send one message per job per staleness period; a store that refuses the
+    stamp gets no message (nothing could run anyway). It keeps the store's reserve for job records
+    allocated (wsm/store/writable.py) and removes what killed writers left:
+    scratch directories of attempts that are over (every sweep), staging of dead writers on this
+    host (:meth:`startup_cleanup`) and anything older than the visibility timeout (hourly).
     """
 
     def __init__(
@@ -358,11 +498,22 @@ class Recovery:
         settings: Settings,
         anneal: Callable[[str, str], None],
         evaluate: Callable[[str, str], None],
+        broker_url: str = "",
     ) -> None:
         self.store, self.settings = store, settings
         self._anneal, self._evaluate = anneal, evaluate
-        self._sent: dict[str, float] = {}
+        self.leases = Leases(store, settings, broker_url)
         self._last_cleanup = -1e18
+
+    def startup_cleanup(self) -> list[str]:
+        """At once, at start: the staging leftovers of dead writers on this host (killed predecessors)."""
+        ensure_reserve(self.store)
+        removed = self.store.cleanup_dead_writers()
+        if removed:
+            log.info(
+                "cleanup: removed %d leftover(s) of dead writers: %s", len(removed), ", ".join(removed[:10])
+            )
+        return removed
 
     def cleanup(self, every_s: float = 3600.0) -> list[str]:
         """At most every ``every_s``: remove leftovers of killed writers (a merge's staging dir).
@@ -380,28 +531,68 @@ class Recovery:
             log.info("cleanup: removed %d stale leftover(s): %s", len(removed), ", ".join(removed[:10]))
         return removed
 
+    def _scratch_entries(self) -> list[str]:
+        with contextlib.suppress(OSError):
+            return sorted(os.listdir(scratch_root(self.settings)))
+        return []
+
+    def _collect_scratch(self, entries: list[str], records: dict[str, JobRecord]) -> list[str]:
+        """Remove the scratch dirs (listed before the records were read) of attempts that are over."""
+        removed = []
+        for name in entries:
+            job_id, _, attempt = name.rpartition("-")
+            record = records.get(job_id)
+            if record is not None and record.active and record.attempt_id == attempt:
+                continue
+            pipeline.remove_scratch(os.path.join(scratch_root(self.settings), name))
+            removed.append(name)
+        if removed:
+            log.info("cleanup: removed %d scratch dir(s) of finished attempts", len(removed))
+        return removed
+
     def sweep(self) -> list[str]:
         external.sync_stale(self.store, self.settings.external_sync_ttl_s)  # new checkpoints of external runs
         stale = self.settings.job_stale_after_s
-        now, mono = utcnow(), time.monotonic()
+        ensure_reserve(self.store)  # back once there is room again
+        entries = self._scratch_entries()
+        records: dict[str, JobRecord] = {}
         resent = []
         for run in self.store.list_runs():
             for record in jobs.list_jobs(self.store, run.run):
-                if not record.active or (now - record.last_sign_of_life()).total_seconds() < stale:
-                    continue
-                if mono - self._sent.get(record.job_id, -1e18) < stale:
-                    continue
-                log.warning(
-                    "job %s (%s) shows no sign of life for %.0fs; re-enqueueing",
-                    record.job_id,
-                    record.stage,
-                    (now - record.last_sign_of_life()).total_seconds(),
-                )
-                if record.state == "running" and record.model_published and record.spec.evaluate:
-                    self._evaluate(record.run, record.job_id)
-                else:
-                    self._anneal(record.run, record.job_id)
-                self._sent[record.job_id] = mono
-                resent.append(record.job_id)
+                records[record.job_id] = record
+                if self._lost(record, stale) and self._stamp(record, stale):
+                    resent.append(record.job_id)
+        if entries:
+            self._collect_scratch(entries, records)
         policies.sweep(self.store, self.settings, self._anneal)  # the jobs of policy points passed
         return resent
+
+    @staticmethod
+    def _lost(record: JobRecord, stale: float) -> bool:
+        now = utcnow()
+        return (
+            record.active
+            and not record.held(now)
+            and (now - record.last_sign_of_life()).total_seconds() >= stale
+        )
+
+    def _stamp(self, record: JobRecord, stale: float) -> bool:
+        """Send the job again if it is still lost once its mutex is held; stamp the send in its record."""
+        try:
+            with self.leases.locked(record.run, record.job_id) as current:
+                if current is None or not self._lost(current, stale):
+                    return False
+                idle = (utcnow() - current.last_sign_of_life()).total_seconds()
+                current.enqueued_at = utcnow()
+                jobs.save(self.store, current)
+        except (Busy, StoreUnwritable) as e:
+            log.warning("job %s looks lost but cannot be re-enqueued now: %s", record.job_id, e)
+            return False
+        log.warning(
+            "job %s (%s) shows no sign of life for %.0fs; re-enqueueing", current.job_id, current.stage, idle
+        )
+        if current.state == "running" and current.model_published and current.spec.evaluate:
+            self._evaluate(current.run, current.job_id)
+        else:
+            self._anneal(current.run, current.job_id)
+        return True

@@ -29,6 +29,7 @@ from api.redact import RedactErrors, Redactor
 from api.routes import anneal, curves, grids, health, models, policies, research, runs
 from wsm.settings import Settings, get_settings
 from wsm.store import Store, open_store
+from wsm.store.writable import WriteProbe
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store or open_store(settings=settings)
     app.state.listing = CachedListing(app.state.store, ttl_s=settings.api_listing_ttl_s)
+    app.state.write_probe = WriteProbe(app.state.store, ttl_s=settings.api_store_probe_s)
     if callable(enqueuer) and not hasattr(enqueuer, "enqueue"):
         app.state.enqueuer_factory = enqueuer
     else:

@@ -21,6 +21,7 @@ from anneal.errors import NoCheckpointsError, RequestError, UnknownRunError
 from anneal.external import RunExistsError
 from theory import TheoryError
 from wsm.store import ArtifactNotFoundError, InvalidNameError, StoreError
+from wsm.store.writable import StoreUnwritable
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,14 @@ def install(app: FastAPI) -> None:
     async def not_found(_: Request, exc: ArtifactNotFoundError) -> JSONResponse:
         return JSONResponse(_body("not_found", str(exc)), status_code=404)
 
+    @app.exception_handler(StoreUnwritable)
+    async def store_unwritable(_: Request, exc: StoreUnwritable) -> JSONResponse:
+        # The reason alone (wsm/store/writable.py): never the OSError's text, which names server paths.
+        return JSONResponse(
+            _body("store_unwritable", f"{exc.reason}; nothing was recorded, try again later"),
+            status_code=503,
+        )
+
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:
         log.error("store error: %s", exc)
@@ -137,6 +146,6 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "The run has no checkpoints yet (POST /anneal), or exists already (POST /runs)",
         413: "Request body too large",
         422: "Invalid request: the message names the bad field and the valid choices",
-        503: "Broker or store unavailable",
+        503: "Broker unavailable, or the store cannot be read or written (full, read-only, denied)",
     }
     return {c: {"description": text[c], "model": ErrorOut} for c in codes}

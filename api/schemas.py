@@ -394,8 +394,12 @@ class EvalList(BaseModel):
 class ComponentHealth(BaseModel):
     """Health of one dependency."""
 
-    ok: bool = Field(description="Whether it answered.")
+    ok: bool = Field(description="Whether it answered (the store: and takes writes).")
     detail: str = Field(description="What was checked, or why it failed.")
+    writable: bool | None = Field(
+        default=None,
+        description="The store: whether it takes writes (a probe file, checked every few seconds).",
+    )
 
 
 class Health(BaseModel):

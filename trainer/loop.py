@@ -171,6 +171,7 @@ class Trainer:
         self.desc = describe_run(cfg, self.prepared, self.spec, self.vocab)
         if save_checkpoints and self.info.is_main:
             ensure_run(self.store, cfg, self.prepared, self.desc)
+            self.store.cleanup_dead_writers(f"runs/{cfg.run}")  # a killed predecessor's staging, at once
         barrier()
         self._resume(start_from)
         self.scheduler = build_scheduler(self.engine.param_groups_owner, self.spec, steps_done=self.step)

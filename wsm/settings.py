@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     store_block_size: int = 32 * 1024 * 1024
     """Part size (bytes) of streaming uploads to the store (S3 multipart parts; at least 5 MiB)."""
 
+    store_reserve_bytes: int = Field(default=64 * 2**20, ge=0)
+    """Local stores: space kept free for job records. While less is free the API refuses new jobs (503),
+    and a merge whose model would eat into it fails at once, naming the sizes; so a failure can always be
+    recorded, even on a full disk."""
+
     retention_max_window_tokens: int | None = None
     """Opt-in checkpoint retention: keep every checkpoint a merge window up to this many tokens could need."""
 
@@ -129,6 +134,10 @@ class Settings(BaseSettings):
 
     api_broker_retry_s: float = Field(default=1.0, ge=0)
     """While the broker is down: how often the API probes it again (POST /anneal answers 503 meanwhile)."""
+
+    api_store_probe_s: float = Field(default=5.0, ge=0)
+    """How long the API trusts its last look at whether the store takes writes (a small probe file written
+    by ``/healthz``, or any real write); while it says no, POST /anneal answers 503 without writing."""
 
     @field_validator("api_allowed_hosts", mode="before")
     @classmethod

@@ -27,12 +27,17 @@ class CeleryEnqueuer:
         from anneal.broker.app import MERGE_QUEUE, TASK_ANNEAL
 
         try:
-            self._app.send_task(TASK_ANNEAL, args=[run, job_id], queue=MERGE_QUEUE)
+            # ignore_result: nobody reads it, and a Redis backend would keep a subscription per task.
+            self._app.send_task(TASK_ANNEAL, args=[run, job_id], queue=MERGE_QUEUE, ignore_result=True)
         except Exception as e:  # kombu/redis/sqlalchemy errors all mean "not queued"
             log.error("broker %s refused job %s: %s", self.url, job_id, e)
             raise BrokerUnavailable(
                 f"the job broker ({self.url}) is unavailable: {type(e).__name__}: {e}"
             ) from e
+
+    def close(self) -> None:
+        """Drop the broker and result-backend connections (tests and benchmarks that stop the broker)."""
+        self._app.close()
 
     def ping(self) -> str:
         try:

@@ -30,6 +30,7 @@ from anneal.pipeline import PartResult
 from anneal.ports import Evaluator
 from wsm.settings import get_settings
 from wsm.store import Store, open_store
+from wsm.store.writable import StoreUnwritable
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +69,37 @@ def _start_split(run: str, job_id: str, attempt_id: str, parts: int) -> None:
 DISPATCH = runner.Dispatch(evaluate=enqueue_evaluate, split=_start_split)
 
 
+def _later(task: Any, exc: Exception) -> Exception:
+    """Retry ``task``: soon if the job's mutex was busy, with a growing delay if the store refused the claim.
+
+    The delay doubles from ``job_heartbeat_s`` up to half the staleness limit, so a full or
+    read-only store costs one small write per job now and then, never a merge.
+    """
+    settings = get_settings()
+    if isinstance(exc, StoreUnwritable):
+        cap = max(settings.job_heartbeat_s, settings.job_stale_after_s / 2)
+        countdown = min(cap, settings.job_heartbeat_s * 2 ** min(task.request.retries, 16))
+        log.warning("job store unwritable (%s); retrying in %.0fs", exc, countdown)
+    else:
+        countdown = settings.job_heartbeat_s
+    return task.retry(countdown=countdown)  # type: ignore[no-any-return]
+
+
 @app.task(name=TASK_ANNEAL, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
 def anneal(self: Any, run: str, job_id: str) -> str:
     """Stages 1-2 of a job: resolve, merge (or split into parts), publish."""
     try:
         return runner.anneal(_store(), get_settings(), _broker(), run, job_id, DISPATCH)
-    except runner.Busy:
-        raise self.retry(countdown=get_settings().job_heartbeat_s) from None
+    except (runner.Busy, StoreUnwritable) as e:
+        raise _later(self, e) from None
 
 
 @app.task(name=TASK_MERGE_PART, ignore_result=False)  # type: ignore[untyped-decorator]
 def merge_part(run: str, job_id: str, attempt_id: str, index: int, parts: int) -> dict[str, Any]:
     """One part of a split merge: writes its shards to the shared scratch directory."""
-    return runner.run_part(_store(), get_settings(), run, job_id, attempt_id, index, parts).model_dump(
-        mode="json"
-    )
+    return runner.run_part(
+        _store(), get_settings(), run, job_id, attempt_id, index, parts, broker_url=_broker()
+    ).model_dump(mode="json")
 
 
 @app.task(name=TASK_FINALIZE, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
@@ -93,8 +110,8 @@ def finalize_merge(self: Any, results: list[dict[str, Any]], run: str, job_id: s
         return runner.finalize_split(
             _store(), get_settings(), _broker(), run, job_id, attempt_id, parsed, DISPATCH
         )
-    except runner.Busy:
-        raise self.retry(countdown=get_settings().job_heartbeat_s) from None
+    except (runner.Busy, StoreUnwritable) as e:
+        raise _later(self, e) from None
 
 
 @app.task(name=TASK_EVALUATE, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
@@ -102,10 +119,10 @@ def evaluate(self: Any, run: str, job_id: str) -> str:
     """Stages 3-4: SFT evaluation of the annealed model and of the WSO checkpoint."""
     try:
         return runner.evaluate(_store(), get_settings(), _broker(), run, job_id, _evaluator())
-    except runner.Busy:
-        raise self.retry(countdown=get_settings().job_heartbeat_s) from None
+    except (runner.Busy, StoreUnwritable) as e:
+        raise _later(self, e) from None
 
 
 def recovery() -> runner.Recovery:
     """The sweep a worker runs at start and periodically (anneal/broker/worker_cli.py)."""
-    return runner.Recovery(_store(), get_settings(), enqueue_anneal, enqueue_evaluate)
+    return runner.Recovery(_store(), get_settings(), enqueue_anneal, enqueue_evaluate, broker_url=_broker())

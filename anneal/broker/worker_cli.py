@@ -1,8 +1,14 @@
 """``wsm worker [--queues merge,eval]``: a Celery worker for anneal jobs, with the recovery sweep.
 
-Once the worker is ready, a background thread sweeps job records for lost jobs (stale heartbeat)
-and re-enqueues them, at start and every ``recovery_interval_s`` (anneal/runner.py, Recovery); once an
-hour it also removes killed writers' leftovers older than the broker visibility timeout.
+Every pool process as it starts (a killed child's replacement too), and the main process once ready,
+removes the staging leftovers of dead writers on this host (a killed predecessor's); a background
+thread then sweeps job records for lost jobs (expired lease, or queued
+with no sign of life) and re-enqueues them, at start and every ``recovery_interval_s``
+(anneal/runner.py, Recovery); every sweep also removes scratch dirs of finished attempts, and once
+an hour killed writers' leftovers older than the broker visibility timeout go.
+
+``--pool prefork`` (the default) is Celery's prefork pool with locks a killed child cannot keep
+(anneal/broker/pool.py): killing any process of the worker never wedges it.
 """
 
 from __future__ import annotations
@@ -44,12 +50,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+def _cleanup_dead_writers(**_: Any) -> None:
+    """In every new pool process (a killed child's replacement too): its dead predecessors' staging goes."""
+    from anneal.broker.tasks import recovery
+
+    try:
+        recovery().startup_cleanup()
+    except Exception:
+        log.warning("start-up cleanup failed", exc_info=True)
+
+
 def _recovery_loop(stop: threading.Event) -> None:
     from anneal.broker.tasks import recovery
     from wsm.settings import get_settings
 
     sweeper = recovery()
     interval = get_settings().recovery_interval_s
+    _cleanup_dead_writers()  # a restarted worker removes its killed predecessors' staging at once
     while True:
         try:
             resent = sweeper.sweep()
@@ -69,10 +86,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--queues: unknown queue(s) {bad or queues}; choose from {', '.join(QUEUES)}")
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
-    from celery.signals import worker_ready, worker_shutdown
+    from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
     from anneal.broker.app import redact
+    from anneal.broker.pool import POOL
     from anneal.broker.tasks import app
+
+    if args.pool == "prefork":  # Celery's prefork pool, minus the lock a killed child can keep
+        app.conf.worker_pool = POOL
 
     stop = threading.Event()
 
@@ -82,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_recovery:
         worker_ready.connect(start_recovery, weak=False)
     worker_shutdown.connect(lambda **_: stop.set(), weak=False)
+    worker_process_init.connect(_cleanup_dead_writers, weak=False)
     name = args.name or f"wsm-{os.getpid()}@{socket.gethostname()}"
     log.info("worker %s: queues %s, broker %s", name, ",".join(queues), redact(str(app.conf.broker_url)))
     app.worker_main(

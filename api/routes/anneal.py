@@ -64,7 +64,7 @@ async def post_anneal(body: AnnealRequest, request: Request) -> Response:
         )
         runs = {r.run: r for r in state.listing.list_runs()}
         warnings = resolve.window_warnings(runs.get(spec.run), spec.selection)
-        return (*service.submit(state.store, spec, state.publisher), warnings)
+        return (*service.submit(state.store, spec, state.publisher, state.write_probe), warnings)
 
     try:
         record, created, warnings = await anyio.to_thread.run_sync(resolve_and_submit)

@@ -11,34 +11,20 @@ import os
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from anneal import jobs, pipeline, resolve, runner
+from anneal import jobs, locks, pipeline, resolve, runner
 from anneal.locks import FileJobLock
 from merger.engine import execute_merge
-from tests.api.fixtures import M, make_run
-from tests.conftest import make_settings
+from tests.api.fixtures import M
 from wsm.settings import Settings
 from wsm.store import Store
 
 BROKER = "sqla+sqlite:///unused"
-
-
-@pytest.fixture()
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(
-        store_url=str(tmp_path / "store"), state_dir=str(tmp_path / "state"), job_heartbeat_s=0.05
-    )
-
-
-@pytest.fixture()
-def store(settings: Settings) -> Store:
-    s = Store(settings.store_url, settings=settings)
-    make_run(s)
-    return s
 
 
 class InProcess:
@@ -193,7 +179,8 @@ def test_replaced_checkpoint_is_refused(store: Store, settings: Settings) -> Non
     assert rec.state == "failed" and "was replaced" in (rec.error or "")
 
 
-def test_lock_held_means_busy(store: Store, settings: Settings) -> None:
+def test_mutex_held_means_busy(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(locks, "WAIT_S", 0.2)
     record = new_job(store)
     held = FileJobLock(os.path.join(settings.state_dir, "locks"), record.job_id)
     assert held.acquire()
@@ -213,12 +200,20 @@ def test_recovery_resends_only_stale_jobs(store: Store, settings: Settings) -> N
     rec.heartbeat_at = rec.enqueued_at = jobs.utcnow() - timedelta(hours=1)
     jobs.save(store, rec)
     sent: list[tuple[str, str]] = []
-    sweeper = runner.Recovery(
-        store, settings, lambda r, j: sent.append(("anneal", j)), lambda r, j: sent.append(("eval", j))
-    )
-    assert sweeper.sweep() == [stale.job_id]
-    assert sent == [("anneal", stale.job_id)] and fresh.job_id not in sweeper.sweep()
-    assert sweeper.sweep() == []  # not resent again within the staleness period
+    sweepers = [
+        runner.Recovery(
+            store,
+            settings,
+            lambda r, j: sent.append(("anneal", j)),
+            lambda r, j: sent.append(("eval", j)),
+            BROKER,
+        )
+        for _ in range(2)  # two workers' sweepers
+    ]
+    assert sweepers[0].sweep() == [stale.job_id]
+    assert sent == [("anneal", stale.job_id)] and fresh.job_id not in {j for _, j in sent}
+    assert sweepers[1].sweep() == [] and sweepers[0].sweep() == []  # stamped: once per staleness period
+    assert jobs.load(store, "r1", stale.job_id).enqueued_at > jobs.utcnow() - timedelta(minutes=1)
 
 
 def test_recovery_cleans_up_killed_writers_hourly_and_only_past_the_timeout(
@@ -245,9 +240,13 @@ def test_failed_evaluation_requeued_skips_the_merge(store: Store, settings: Sett
     record = new_job(store, evaluate=True)
     driver = InProcess(store, settings)
     runner.anneal(store, settings, BROKER, "r1", record.job_id, driver.dispatch())
+
+    def crash(*args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError("evaluator crashed")
+
+    assert runner.evaluate(store, settings, BROKER, "r1", record.job_id, crash) == "failed"
     rec = jobs.load(store, "r1", record.job_id)
-    runner.fail(store, rec, RuntimeError("evaluator crashed"))
-    rec = jobs.load(store, "r1", record.job_id)
+    assert (rec.state, rec.error, rec.lease) == ("failed", "RuntimeError: evaluator crashed", None)
     rec.state = "queued"  # what the API does when the same request comes again
     jobs.save(store, rec)
     assert runner.anneal(store, settings, BROKER, "r1", record.job_id, driver.dispatch()) == "merged"

@@ -410,7 +410,7 @@ def test_health_names_neither_store_nor_state_paths(leaky: tuple[TestClient, Sto
     client, store, settings = leaky
     health = client.get("/healthz")
     assert health.status_code == 200, health.text
-    assert health.json()["store"]["detail"] == "local store: 2 run(s)"
+    assert health.json()["store"]["detail"] == "local store: 2 run(s), writable"
     assert "<state_dir>/broker.sqlite" in health.json()["broker"]["detail"]
     _assert_no_server_paths(health.text, store.root, settings.state_dir)
 

@@ -40,6 +40,7 @@ def service_env(settings: Any, **extra: Any) -> dict[str, str]:
         "merge_split_bytes": settings.merge_split_bytes,
         "merge_parts": settings.merge_parts,
         "merge_throttle_s": settings.merge_throttle_s,
+        "store_reserve_bytes": settings.store_reserve_bytes,
         "eval_config": settings.eval_config.model_dump_json(),
         **extra,
     }
@@ -77,6 +78,19 @@ class Worker:
             start_new_session=True,
         )
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        """The pool processes: live children of the worker's main process."""
+        return children(self.proc.pid)
+
+    def wait_ready(self, timeout: float = 120) -> list[int]:
+        """Wait until the worker consumes and its pool is up; returns the pool's pids."""
+        wait_for(lambda: " ready." in self.tail(100_000), timeout, "the worker to be ready", self.tail)
+        return wait_for(self.children, timeout, "the pool processes", self.tail)
+
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes (its whole process group)."""
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -95,6 +109,31 @@ class Worker:
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:]
+
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of ``pid``, from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields and fields[0] != "Z" and int(fields[1]) == pid:
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
 
 
 @contextmanager

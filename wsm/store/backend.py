@@ -19,6 +19,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from wsm.settings import Settings
+from wsm.store import owner
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,16 @@ def fsync_dir(path: str) -> None:
             os.close(fd)
 
 
+def hidden_name(prefix: str, base: str) -> str:
+    """A unique hidden name for ``base`` (``prefix`` is TMP_PREFIX or TRASH_PREFIX) ending with this
+    process's marker, so a restarted writer can tell its dead predecessor's leftovers (wsm/store/owner.py)."""
+    return f"{prefix}{base}-{uuid.uuid4().hex[:12]}{owner.marker()}"
+
+
 def local_tmp_name(path: str) -> str:
-    """A hidden temporary sibling of ``path``; listings ignore it, cleanup_stale removes it."""
+    """A hidden temporary sibling of ``path``; listings ignore it, cleanup removes it once its writer is gone."""
     head, tail = os.path.split(path)
-    return os.path.join(head, f"{TMP_PREFIX}{tail}-{uuid.uuid4().hex[:12]}")
+    return os.path.join(head, hidden_name(TMP_PREFIX, tail))
 
 
 def atomic_write_bytes(

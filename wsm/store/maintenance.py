@@ -2,19 +2,26 @@
 
 Three kinds of leftovers: hidden staging/trash entries (local ``.tmp-*``/``.trash-*``), artifact
 directories holding data but no manifest (object stores: a publish that died before its manifest
-PUT), and incomplete S3 multipart uploads. Only leftovers untouched for ``older_than`` seconds go,
-so pick it longer than the slowest publish.
+PUT), and incomplete S3 multipart uploads.
+
+Two ways to find them. :func:`cleanup_dead_writers` is prompt: a restarted trainer or worker
+removes at once the local hidden entries whose writer, named in the entry (wsm/store/owner.py), is
+certainly dead. :func:`cleanup_stale` is the backstop for everything else (other hosts, object
+stores, entries of older versions): only leftovers untouched for ``older_than`` seconds go, so pick
+it longer than the slowest publish.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from wsm.store import backend, layout
+from wsm.store import backend, layout, owner
 
 if TYPE_CHECKING:
     from wsm.store.store import Store
@@ -84,3 +91,47 @@ def _abort_stale_uploads(store: Store, cutoff: float) -> list[str]:
             aborted.append(f"{rel} (multipart upload)")
             log.info("cleanup: aborted stale multipart upload of %s", key)
     return aborted
+
+
+_ARTIFACT_KINDS = frozenset({layout.CHECKPOINTS, layout.MODELS, layout.EVALS})
+
+
+def cleanup_dead_writers(store: Store, under: str = "") -> list[str]:
+    """Remove hidden entries under ``under`` (store-relative) whose writer is certainly dead.
+
+    Local stores only (an object store's staging is its final prefix, cleared by the next publish
+    of the same artifact, and otherwise by :func:`cleanup_stale`). Walks directories, not
+    artifacts: it never descends into a published artifact, so it is cheap enough for start-up.
+    Returns the store-relative paths removed.
+    """
+    if not store.is_local:
+        return []
+    root = str(store.root)
+    top = os.path.join(root, under) if under else root
+    removed: list[str] = []
+    stack = [top]
+    while stack:
+        path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:  # gone meanwhile, or not a directory
+            continue
+        parts = os.path.relpath(path, root).split(os.sep)
+        # runs/<run>/<kind>/: its visible children are artifacts, never entered
+        in_artifact_kind = len(parts) == 3 and parts[0] == layout.RUNS and parts[2] in _ARTIFACT_KINDS
+        for entry in entries:
+            if entry.name.startswith(_HIDDEN):
+                who = owner.owner_of(entry.name)
+                if who is None or not who.is_dead():
+                    continue
+                rel = os.path.relpath(entry.path, root)
+                log.info("cleanup: removing %s left by dead writer pid %d", rel, who.pid)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                removed.append(rel)
+            elif entry.is_dir(follow_symlinks=False) and not in_artifact_kind:
+                stack.append(entry.path)
+    return sorted(removed)

@@ -18,7 +18,6 @@ import io
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
@@ -236,7 +235,7 @@ class Publisher(Generic[M]):
         final = store.full_path(self.dir)
         if store.is_local:
             parent, base = os.path.split(final)
-            self._staging = os.path.join(parent, f"{backend.TMP_PREFIX}{base}-{uuid.uuid4().hex[:12]}")
+            self._staging = os.path.join(parent, backend.hidden_name(backend.TMP_PREFIX, base))
             os.makedirs(self._staging)
         else:
             # Invisible first (manifest gone), then clear old or stale objects under the prefix so
@@ -291,9 +290,7 @@ class Publisher(Generic[M]):
             if os.path.exists(os.path.join(final, layout.MANIFEST)) and not self._overwrite:
                 raise ArtifactExistsError(self.dir)  # published concurrently since __enter__
             # Rename the old one away first: atomic, and the new one takes its place right after.
-            trash = os.path.join(
-                parent, f"{backend.TRASH_PREFIX}{os.path.basename(final)}-{uuid.uuid4().hex[:12]}"
-            )
+            trash = os.path.join(parent, backend.hidden_name(backend.TRASH_PREFIX, os.path.basename(final)))
             os.rename(final, trash)
         try:
             os.rename(staging, final)

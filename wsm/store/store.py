@@ -458,6 +458,10 @@ class Store(FileStore):
         seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
         return maintenance.cleanup_stale(self, seconds)
 
+    def cleanup_dead_writers(self, under: str = "") -> list[str]:
+        """Remove at once the hidden leftovers under ``under`` whose writer on this host is dead."""
+        return maintenance.cleanup_dead_writers(self, validate_relpath(under) if under else "")
+
 
 def _valid(name: str) -> bool:
     try:
