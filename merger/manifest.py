@@ -6,6 +6,10 @@ For other inputs we hash the files, but only when asked (``hash_inputs``, on by 
 leaves it off. It runs in a thread alongside the merge (the page cache serves both). Without it
 each input still records its size and the sha256 of its header, which pins names, shapes, dtypes
 and offsets. A sharded checkpoint's sha256 is that of its sorted ``name sha256`` lines.
+
+:func:`provenance` is the part that depends on the plan alone (inputs, weights, curve, window,
+output, the copy policy, what was skipped): a ``torch_dist`` output also carries it in
+``common.pt`` (key ``wsm_merge``), identical whichever worker writes it.
 """
 
 from __future__ import annotations
@@ -74,14 +78,27 @@ def input_record(ck: CheckpointLayout, c: float, sha256: str | None) -> dict[str
     }
 
 
-def build_manifest(
-    plan: MergePlan,
-    stats: MergeStats,
-    input_hashes: dict[str, str] | None = None,
-    *,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The JSON written next to a merged model (``merge_manifest.json``)."""
+POLICY = {
+    "floating": "weighted sum of every checkpoint, accumulated in the plan's accumulate dtype",
+    "non_floating": "copied from the newest checkpoint, never averaged",
+    "byte_items": "copied from the newest checkpoint (torch_dist output; safetensors cannot hold them)",
+    "optimizer_and_rng": "never merged; listed under skipped",
+}
+"""What the merge does with each kind of state (docs/FORMATS.md, "What is merged")."""
+
+
+def _skipped_summary(keys: list[str]) -> dict[str, int]:
+    from merger.formats.dcp import key_kind
+
+    out: dict[str, int] = {}
+    for k in keys:
+        kind = key_kind(k)
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def provenance(plan: MergePlan, input_hashes: dict[str, str] | None = None) -> dict[str, Any]:
+    """Where a merge comes from and what it did, as plain data that depends on the plan only."""
     hashes = input_hashes or {}
     sel = plan.selection
     w_by_tokens = {src.tokens: src.w for src in sel.sources} if sel else {}
@@ -90,6 +107,8 @@ def build_manifest(
         rec = input_record(ck, c, hashes.get(ck.uri))
         if ck.extra.get("tokens") in w_by_tokens:
             rec["w"] = w_by_tokens[ck.extra["tokens"]]
+        if "iteration" in ck.metadata:
+            rec["iteration"] = ck.metadata["iteration"]
         inputs.append(rec)
     return {
         "kind": "wsm-merge",
@@ -99,10 +118,31 @@ def build_manifest(
         "curve": sel.curve.model_dump(mode="json") if sel else None,
         "window": sel.window_range.model_dump(mode="json") if sel else None,
         "selection": sel.model_dump(mode="json") if sel else None,
+        "out_format": plan.out_format,
         "dtype": sorted({t.out_dtype for t in plan.tensors}),
         "accumulate": plan.accumulate,
         "tensors": len(plan.tensors),
+        "policy": POLICY,
+        "copied_from": plan.newest_input.uri,
+        "skipped_counts": _skipped_summary(plan.skipped),
+        "dropped_items": plan.dropped_items,
+    }
+
+
+def build_manifest(
+    plan: MergePlan,
+    stats: MergeStats,
+    input_hashes: dict[str, str] | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON written next to a merged model (``merge_manifest.json``): the provenance, the
+    keys skipped, the output files and what the merge cost."""
+    return {
+        **provenance(plan, input_hashes),
+        "skipped": plan.skipped,
         "output": {
+            "format": plan.out_format,
             "sharded": plan.sharded,
             "total_size": plan.output_bytes,
             "files": stats.files,

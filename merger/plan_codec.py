@@ -15,7 +15,7 @@ from merger.provenance import AnnealSelection
 if TYPE_CHECKING:
     from merger.plan import MergePlan
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def _layout_to_dict(c: CheckpointLayout) -> dict[str, Any]:
@@ -71,12 +71,16 @@ def plan_to_dict(plan: MergePlan) -> dict[str, Any]:
         "inputs": [_layout_to_dict(c) for c in plan.inputs],
         "weights": list(plan.weights),
         "tensors": [[t.name, list(t.shape), t.in_dtype, t.out_dtype] for t in plan.tensors],
-        "shards": [{"filename": s.filename, "tensors": list(s.tensors)} for s in plan.shards],
+        "shards": [
+            {"filename": s.filename, "tensors": list(s.tensors), "items": list(s.items)} for s in plan.shards
+        ],
         "accumulate": plan.accumulate,
         "chunk_elems": plan.chunk_elems,
         "storage_options": dict(plan.storage_options),
         "metadata": dict(plan.metadata),
         "selection": plan.selection.model_dump(mode="json") if plan.selection else None,
+        "out_format": plan.out_format,
+        "newest": plan.newest,
     }
 
 
@@ -90,10 +94,12 @@ def plan_from_dict(d: Mapping[str, Any]) -> MergePlan:
         inputs=tuple(_layout_from_dict(c, options) for c in d["inputs"]),
         weights=tuple(float(w) for w in d["weights"]),
         tensors=tuple(TensorPlan(n, tuple(s), i, o) for n, s, i, o in d["tensors"]),
-        shards=tuple(ShardPlan(s["filename"], tuple(s["tensors"])) for s in d["shards"]),
+        shards=tuple(ShardPlan(s["filename"], tuple(s["tensors"]), tuple(s["items"])) for s in d["shards"]),
         accumulate=d["accumulate"],
         chunk_elems=int(d["chunk_elems"]),
         storage_options=options,
         metadata=dict(d["metadata"]),
         selection=AnnealSelection.model_validate(d["selection"]) if d.get("selection") else None,
+        out_format=d["out_format"],
+        newest=int(d["newest"]),
     )

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import wsm
 from wsm.store import layout
-from wsm.store.names import validate_name
+from wsm.store.names import validate_file_name
 
 SCHEMA_VERSION = 1
 """Bump when a field changes meaning or a required field is added; readers refuse newer versions."""
@@ -39,7 +39,7 @@ class FileEntry(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        return validate_name(v, "file name")
+        return validate_file_name(v, "file name")
 
 
 class Manifest(BaseModel):

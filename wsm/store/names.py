@@ -16,6 +16,10 @@ TOKEN_WIDTH = 18
 
 _TOKENS_RE = re.compile(rf"^[0-9]{{{TOKEN_WIDTH}}}$")
 
+DCP_METADATA_FILE = ".metadata"
+"""PyTorch DCP's fixed metadata file name: the one hidden name a file of an artifact may have
+(a ``torch_dist`` model is a DCP directory, which readers find by this name)."""
+
 
 class InvalidNameError(ValueError):
     """A run, artifact, job or file name (or a store path) that is not allowed."""
@@ -37,11 +41,22 @@ def validate_name(value: object, what: str = "name") -> str:
     return value
 
 
+def validate_file_name(value: object, what: str = "file name") -> str:
+    """A file name inside an artifact: a safe name (:func:`validate_name`), or DCP's ``.metadata``."""
+    if value == DCP_METADATA_FILE:
+        return value
+    return validate_name(value, what)
+
+
 def validate_relpath(value: object, what: str = "store path") -> str:
-    """Validate a store-relative path such as ``runs/r1/checkpoints/000…/model.safetensors``."""
+    """Validate a store-relative path such as ``runs/r1/checkpoints/000…/model.safetensors``
+    (its last component may be DCP's ``.metadata``, a file of an artifact)."""
     if not isinstance(value, str) or not value:
         raise InvalidNameError(what, value, "must be a non-empty relative path")
-    for part in value.split("/"):
+    parts = value.split("/")
+    for i, part in enumerate(parts):
+        if i == len(parts) - 1 and i > 0 and part == DCP_METADATA_FILE:
+            continue
         if not isinstance(part, str) or not _NAME_RE.fullmatch(part) or ".." in part:
             raise InvalidNameError(what, value, f"component {part!r} must match {NAME_PATTERN}")
     return value

@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 from wsm.store import backend, layout
 from wsm.store.errors import ArtifactExistsError, StoreError
 from wsm.store.manifests import FileEntry, Manifest
-from wsm.store.names import validate_name
+from wsm.store.names import validate_file_name
 
 if TYPE_CHECKING:
     from wsm.store.store import Store
@@ -115,7 +115,7 @@ class Publisher(Generic[M]):
     def open(self, name: str, *, block_size: int | None = None) -> HashingWriter:
         """A streaming writer for data file ``name`` (large files go up as multipart on S3)."""
         staging = self._require_started()
-        validate_name(name, "file name")
+        validate_file_name(name, "file name")
         if name == layout.MANIFEST:
             raise StoreError(f"{self.dir}: {layout.MANIFEST} is written by the publisher itself")
         if name in self._entries or name in self._open:
