@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from merger.blocks import Piece, Work, work_items
-from merger.errors import MergeError
+from merger.errors import CorruptFileError, MergeError
 from merger.formats.dtypes import DTYPES, tensor_view
 from merger.formats.output import output_module
 from merger.formats.sources import LocalSource, Source, is_remote, open_source
@@ -53,7 +53,13 @@ class _Reader:
         self.sources: dict[tuple[int, int], Source] = {}
         for i, ck in enumerate(plan.inputs):
             for j, f in enumerate(ck.files):
-                self.sources[i, j] = open_source(f.uri, plan.storage_options, size=f.size)
+                source = self.sources[i, j] = open_source(f.uri, plan.storage_options, size=f.size)
+                if isinstance(source, LocalSource) and source.size() != f.size:
+                    # Records were located when planning: a file changed since is not that file.
+                    raise CorruptFileError(
+                        f"{f.uri}: {source.size()} bytes, but {f.size} when the merge was planned "
+                        "(truncated or replaced since)"
+                    )
         self.remote = any(is_remote(f.uri) for ck in plan.inputs for f in ck.files)
         # Each input's chunks by offsets: inputs may list the same chunks in another order.
         self._chunks = [

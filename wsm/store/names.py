@@ -16,9 +16,10 @@ TOKEN_WIDTH = 18
 
 _TOKENS_RE = re.compile(rf"^[0-9]{{{TOKEN_WIDTH}}}$")
 
-DCP_METADATA_FILE = ".metadata"
-"""PyTorch DCP's fixed metadata file name: the one hidden name a file of an artifact may have
-(a ``torch_dist`` model is a DCP directory, which readers find by this name)."""
+_DCP_FILE_RE = re.compile(r"^(\.metadata|__[0-9]{1,9}_[0-9]{1,9}\.distcp)$")
+"""PyTorch DCP's own file names, which a file of an artifact may have although they start with a
+dot or an underscore: a ``torch_dist`` model is a DCP directory (``.metadata``, which readers look
+for, and Megatron's ``__<rank>_<i>.distcp``)."""
 
 
 class InvalidNameError(ValueError):
@@ -42,20 +43,20 @@ def validate_name(value: object, what: str = "name") -> str:
 
 
 def validate_file_name(value: object, what: str = "file name") -> str:
-    """A file name inside an artifact: a safe name (:func:`validate_name`), or DCP's ``.metadata``."""
-    if value == DCP_METADATA_FILE:
+    """A file name inside an artifact: a safe name (:func:`validate_name`), or one of DCP's."""
+    if isinstance(value, str) and _DCP_FILE_RE.fullmatch(value):
         return value
     return validate_name(value, what)
 
 
 def validate_relpath(value: object, what: str = "store path") -> str:
     """Validate a store-relative path such as ``runs/r1/checkpoints/000…/model.safetensors``
-    (its last component may be DCP's ``.metadata``, a file of an artifact)."""
+    (its last component, a file of an artifact, may have one of DCP's names)."""
     if not isinstance(value, str) or not value:
         raise InvalidNameError(what, value, "must be a non-empty relative path")
     parts = value.split("/")
     for i, part in enumerate(parts):
-        if i == len(parts) - 1 and i > 0 and part == DCP_METADATA_FILE:
+        if i == len(parts) - 1 and i > 0 and _DCP_FILE_RE.fullmatch(part):
             continue
         if not isinstance(part, str) or not _NAME_RE.fullmatch(part) or ".." in part:
             raise InvalidNameError(what, value, f"component {part!r} must match {NAME_PATTERN}")
