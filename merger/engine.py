@@ -192,10 +192,10 @@ def run_shards(
     # on every 1M-element op: tens of thousands of barriers, which a busy machine turns into
     # seconds of waiting whenever one core is taken by another process.
     workers = threads or os.cpu_count() or 1
+    reader = _Reader(plan)  # first: it refuses inputs changed since planning, before anything starts
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     compute = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsm-sum") if workers > 1 else None
-    reader = _Reader(plan)
     n_inputs = len(plan.inputs)
     newest = plan.newest % n_inputs
     pool = ThreadPoolExecutor(
