@@ -57,8 +57,8 @@ class _Reader:
                 if isinstance(source, LocalSource) and source.size() != f.size:
                     # Records were located when planning: a file changed since is not that file.
                     raise CorruptFileError(
-                        f"{f.uri}: {source.size()} bytes, but {f.size} when the merge was planned "
-                        "(truncated or replaced since)"
+                        f"{f.uri}: truncated or replaced since the merge was planned "
+                        f"({source.size()} bytes, {f.size} planned)"
                     )
         self.remote = any(is_remote(f.uri) for ck in plan.inputs for f in ck.files)
         # Each input's chunks by offsets: inputs may list the same chunks in another order.
