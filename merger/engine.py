@@ -222,7 +222,8 @@ def run_shards(
                 if w.tensor is None:
                     futs = [[pool.submit(reader.read_item, newest, w.name)]]
                 else:
-                    futs = [[pool.submit(reader.read, i, w.name, p) for i in sources_of(w)] for p in w.pieces]
+                    src = w.tensor.src
+                    futs = [[pool.submit(reader.read, i, src, p) for i in sources_of(w)] for p in w.pieces]
                 pending.append((w, futs))
                 return True
 
@@ -245,7 +246,7 @@ def run_shards(
                 if w.tensor is not None:
                     for p in w.pieces:
                         for i in sources_of(w):
-                            reader.release(i, w.name, p)
+                            reader.release(i, w.tensor.src, p)
                 watch.add("compute", t)
                 writer.write(w.shard, w.record, out, w.first, w.last)
                 if w.last_of_shard:
