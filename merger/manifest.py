@@ -8,6 +8,10 @@ For other inputs we hash the files, but only when asked (``hash_inputs``, on by 
 leaves it off. It runs in a thread alongside the merge (the page cache serves both). Without it
 each input still records its size and the sha256 of its header, which pins names, shapes, dtypes
 and offsets. A sharded checkpoint's sha256 is that of its sorted ``name sha256`` lines.
+
+:func:`provenance` is the part that depends on the plan alone (inputs, weights, curve, window,
+output, the copy policy, what was skipped): a ``torch_dist`` output also carries it in
+``common.pt`` (key ``wsm_merge``), identical whichever worker writes it.
 """
 
 from __future__ import annotations
@@ -79,23 +83,40 @@ def input_record(
     }
 
 
-def build_manifest(
-    plan: MergePlan,
-    stats: MergeStats,
-    input_hashes: dict[str, str] | None = None,
-    *,
-    extra: dict[str, Any] | None = None,
+POLICY = {
+    "floating": "weighted sum of every checkpoint, accumulated in the plan's accumulate dtype",
+    "non_floating": "copied from the newest checkpoint, never averaged",
+    "byte_items": "copied from the newest checkpoint (torch_dist output; safetensors cannot hold them)",
+    "optimizer_and_rng": "never merged; listed under skipped",
+}
+"""What the merge does with each kind of state (docs/FORMATS.md, "What is merged")."""
+
+
+def _skipped_summary(keys: list[str]) -> dict[str, int]:
+    from merger.formats.dcp import key_kind
+
+    out: dict[str, int] = {}
+    for k in keys:
+        kind = key_kind(k)
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def provenance(
+    plan: MergePlan, input_hashes: dict[str, str] | None = None, verified: list[bool] | None = None
 ) -> dict[str, Any]:
-    """The JSON written next to a merged model (``merge_manifest.json``)."""
+    """Where a merge comes from and what it did, as plain data: the plan, and once the merge ran,
+    whether each input's bytes were verified against its store manifest (``verified``)."""
     hashes = input_hashes or {}
     sel = plan.selection
     w_by_tokens = {src.tokens: src.w for src in sel.sources} if sel else {}
     inputs = []
-    verified = stats.verified_inputs or [False] * len(plan.inputs)
-    for ck, c, ok in zip(plan.inputs, plan.weights, verified, strict=True):
+    for ck, c, ok in zip(plan.inputs, plan.weights, verified or [False] * len(plan.inputs), strict=True):
         rec = input_record(ck, c, hashes.get(ck.uri), ok)
         if ck.extra.get("tokens") in w_by_tokens:
             rec["w"] = w_by_tokens[ck.extra["tokens"]]
+        if "iteration" in ck.metadata:
+            rec["iteration"] = ck.metadata["iteration"]
         inputs.append(rec)
     return {
         "kind": "wsm-merge",
@@ -105,11 +126,32 @@ def build_manifest(
         "curve": sel.curve.model_dump(mode="json") if sel else None,
         "window": sel.window_range.model_dump(mode="json") if sel else None,
         "selection": sel.model_dump(mode="json") if sel else None,
+        "out_format": plan.out_format,
         "dtype": sorted({t.out_dtype for t in plan.tensors}),
         "accumulate": plan.accumulate,
         "allow_nonfinite": plan.allow_nonfinite,
         "tensors": len(plan.tensors),
+        "policy": POLICY,
+        "copied_from": plan.newest_input.uri,
+        "skipped_counts": _skipped_summary(plan.skipped),
+        "dropped_items": plan.dropped_items,
+    }
+
+
+def build_manifest(
+    plan: MergePlan,
+    stats: MergeStats,
+    input_hashes: dict[str, str] | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON written next to a merged model (``merge_manifest.json``): the provenance, the
+    keys skipped, the output files and what the merge cost."""
+    return {
+        **provenance(plan, input_hashes, stats.verified_inputs),
+        "skipped": plan.skipped,
         "output": {
+            "format": plan.out_format,
             "sharded": plan.sharded,
             "total_size": plan.output_bytes,
             "files": stats.files,

@@ -1,9 +1,19 @@
-"""Planning a merge: validate everything that can be checked from headers, then fix the layout.
+"""Planning a merge: validate everything that can be checked from metadata, then fix the layout.
 
-:func:`plan_merge` reads only headers. It checks the weights, that every checkpoint has the same
-tensor names, shapes and dtypes (naming the first mismatch: file, tensor, what differs), that no
-file is truncated, and then decides the output: tensor order, dtypes, shards and chunking. A
-:class:`MergePlan` is plain data (``to_dict``/``from_dict``) so a task queue can ship it, and it
+:func:`plan_merge` reads only metadata (headers, DCP ``.metadata`` and record headers), before any
+output byte exists. It checks the weights, and that every checkpoint has the same tensor names,
+shapes, dtypes and chunk layout (chunk lists compared as sets: writers emit the same chunks in any
+order) and the same byte items, naming the first mismatch (file, tensor, what differs); files too
+short for their records are refused when they are opened. It then decides the output: its format
+(``safetensors`` or ``torch_dist``), tensor order, dtypes, files and chunking.
+
+Policy: floating tensors are averaged; non-floating tensors (token ids, masks, counters) and byte
+items (Transformer Engine ``_extra_state``) are copied from the **newest** checkpoint, never
+averaged, whatever the input format (:attr:`MergePlan.newest`: the highest step when every input
+knows its step, else the last input). Optimizer and RNG state are never merged (the DCP reader
+skips them; :attr:`MergePlan.skipped` lists them for the manifest).
+
+A :class:`MergePlan` is plain data (``to_dict``/``from_dict``) so a task queue can ship it, and it
 splits into byte-balanced parts (:meth:`MergePlan.split`) that separate workers execute.
 """
 
@@ -18,7 +28,9 @@ from typing import Any
 from merger.errors import MergeError, MismatchError, WeightError
 from merger.formats import CheckpointLayout, TensorEntry, open_checkpoint
 from merger.formats.dtypes import CODE_TO_NAME, DTYPE_NAMES, DTYPES
-from merger.formats.safetensors import SINGLE_NAME, file_size
+from merger.formats.megatron_names import per_layer_names
+from merger.formats.output import OUT_FORMATS, OutRecord, output_module
+from merger.formats.safetensors import SINGLE_NAME
 from merger.provenance import AnnealSelection
 
 WEIGHT_TOLERANCE = 1e-6
@@ -37,6 +49,14 @@ class TensorPlan:
     shape: tuple[int, ...]
     in_dtype: str
     out_dtype: str
+    source: str = ""
+    """The input tensor it comes from, when named otherwise (a layer of a Megatron stacked tensor)."""
+    layer: int | None = None
+    """The row of ``source`` it is (one layer of a layer-stacked tensor); None: all of it."""
+
+    @property
+    def src(self) -> str:
+        return self.source or self.name
 
     @property
     def numel(self) -> int:
@@ -57,10 +77,12 @@ class TensorPlan:
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """One output file and the tensors it holds, in write order."""
+    """One output file and the tensors (then byte items) it holds, in write order."""
 
     filename: str
     tensors: tuple[str, ...]
+    items: tuple[str, ...] = ()
+    """Byte items (``torch_dist`` output only), copied from the newest checkpoint after the tensors."""
 
 
 @dataclass(frozen=True)
@@ -79,15 +101,41 @@ class MergePlan:
     """For a merge of a run's window: run, curve, window and sources; copied into the manifest."""
     allow_nonfinite: bool = False
     """Publish even if an input or the output holds NaN or Inf (else the merge fails naming the tensor)."""
+    out_format: str = "safetensors"
+    """``safetensors`` (one file or HF shards + index) or ``torch_dist`` (a DCP directory)."""
+    newest: int = -1
+    """Index of the input that non-floating tensors and byte items are copied from (-1: the last)."""
+
+    @property
+    def newest_input(self) -> CheckpointLayout:
+        return self.inputs[self.newest]
 
     @property
     def sharded(self) -> bool:
-        """Whether the output is HF shards plus an index (else one ``model.safetensors``)."""
+        """Whether the output is several files (safetensors: HF shards plus an index)."""
         return len(self.shards) > 1 or self.shards[0].filename != SINGLE_NAME
 
     @property
     def bytes_to_read(self) -> int:
-        return len(self.inputs) * sum(t.in_nbytes for t in self.tensors)
+        return self.read_bytes(self.tensors, [i for s in self.shards for i in s.items])
+
+    def read_bytes(self, tensors: Sequence[TensorPlan], items: Sequence[str]) -> int:
+        """Input bytes a merge of ``tensors`` and ``items`` reads: float tensors from every
+        checkpoint, non-float tensors and items from the newest only."""
+        n = len(self.inputs)
+        total = sum(t.in_nbytes * (n if t.is_float else 1) for t in tensors)
+        return total + sum(self.newest_input.items[i].nbytes for i in items)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Keys of the inputs deliberately not merged (optimizer, RNG, training state), sorted."""
+        return sorted({k for ck in self.inputs for k in ck.skipped})
+
+    @property
+    def dropped_items(self) -> list[str]:
+        """Byte items of the inputs the output cannot hold (safetensors has no place for them)."""
+        written = {i for s in self.shards for i in s.items}
+        return sorted(k for k in self.newest_input.items if k not in written)
 
     @property
     def output_bytes(self) -> int:
@@ -114,15 +162,22 @@ class MergePlan:
         return sum(by_name[n].out_nbytes for n in shard.tensors)
 
     def shard_file_size(self, shard: ShardPlan) -> int:
-        """Exact size of the shard's file (header included), known before writing it."""
-        entries = [(n, self.tensor(n).out_dtype, self.tensor(n).shape) for n in shard.tensors]
-        return file_size(entries, dict(self.metadata))
+        """Exact size of the shard's file (headers and record framing included), known before writing it."""
+        return int(output_module(self.out_format).file_size(self, shard))
+
+    def records(self, shard: ShardPlan) -> list[OutRecord]:
+        """The records of one output file, in write order (see :mod:`merger.formats.output`)."""
+        out: list[OutRecord] = output_module(self.out_format).records(self, shard)
+        return out
 
     def resharded(self, num_shards: int) -> MergePlan:
         """The same merge written as ``num_shards`` byte-balanced shards (fewer if tensors are few)."""
         groups = _balanced_groups([t.out_nbytes for t in self.tensors], num_shards)
         names = [t.name for t in self.tensors]
-        return replace(self, shards=_shards_from_groups([[names[i] for i in g] for g in groups]))
+        items = tuple(i for s in self.shards for i in s.items)
+        return replace(
+            self, shards=_shards_from_groups([[names[i] for i in g] for g in groups], self.out_format, items)
+        )
 
     def split(self, n: int) -> list[MergePart]:
         """Byte-balanced parts, each writing whole output shards, for parallel workers.
@@ -154,10 +209,14 @@ class MergePlan:
             "tensors": len(self.tensors),
             "bytes_to_read": self.bytes_to_read,
             "output_bytes": self.output_bytes,
+            "output_format": self.out_format,
             "output_files": [s.filename for s in self.shards],
             "output_dtypes": sorted({t.out_dtype for t in self.tensors}),
             "accumulate": self.accumulate,
             "allow_nonfinite": self.allow_nonfinite,
+            "copied_from": self.newest_input.uri,
+            "skipped": len(self.skipped),
+            "dropped_items": len(self.dropped_items),
             **({"selection": self.selection.model_dump(mode="json")} if self.selection else {}),
         }
 
@@ -187,8 +246,12 @@ class MergePart:
         return [by_name[n] for i in self.shard_indices for n in self.plan.shards[i].tensors]
 
     @property
+    def items(self) -> list[str]:
+        return [i for s in self.shard_indices for i in self.plan.shards[s].items]
+
+    @property
     def bytes_to_read(self) -> int:
-        return len(self.plan.inputs) * sum(t.in_nbytes for t in self.tensors)
+        return self.plan.read_bytes(self.tensors, self.items)
 
 
 def _balanced_groups(sizes: Sequence[int], n: int) -> list[list[int]]:
@@ -207,19 +270,24 @@ def _balanced_groups(sizes: Sequence[int], n: int) -> list[list[int]]:
     return [g for g in groups if g]
 
 
-def _shards_from_groups(groups: list[list[str]]) -> tuple[ShardPlan, ...]:
-    if len(groups) == 1:
-        return (ShardPlan(SINGLE_NAME, tuple(groups[0])),)
+def _shards_from_groups(
+    groups: list[list[str]], out_format: str, items: Sequence[str] = ()
+) -> tuple[ShardPlan, ...]:
+    """Files named by the output format; byte items go to the first file (they are small)."""
+    module = output_module(out_format)
     n = len(groups)
     return tuple(
-        ShardPlan(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(g)) for i, g in enumerate(groups)
+        ShardPlan(module.shard_name(i, n), tuple(g), tuple(items) if i == 0 else ())
+        for i, g in enumerate(groups)
     )
 
 
-def _layout(tensors: Sequence[TensorPlan], max_shard_bytes: int | None) -> tuple[ShardPlan, ...]:
+def _layout(
+    tensors: Sequence[TensorPlan], max_shard_bytes: int | None, out_format: str, items: Sequence[str]
+) -> tuple[ShardPlan, ...]:
     """Greedy HF-style sharding: start a new shard when the next tensor would overflow this one."""
     if max_shard_bytes is None:
-        return _shards_from_groups([[t.name for t in tensors]])
+        return _shards_from_groups([[t.name for t in tensors]], out_format, items)
     if max_shard_bytes <= 0:
         raise MergeError(f"max shard size must be positive, got {max_shard_bytes}")
     groups: list[list[str]] = [[]]
@@ -230,7 +298,7 @@ def _layout(tensors: Sequence[TensorPlan], max_shard_bytes: int | None) -> tuple
             size = 0
         groups[-1].append(t.name)
         size += t.out_nbytes
-    return _shards_from_groups(groups)
+    return _shards_from_groups(groups, out_format, items)
 
 
 def validate_weights(weights: Sequence[float], count: int, tolerance: float = WEIGHT_TOLERANCE) -> None:
@@ -252,7 +320,9 @@ def _where(ck: CheckpointLayout, name: str) -> str:
 
 
 def _check_same_tensors(ckpts: Sequence[CheckpointLayout]) -> None:
-    """Name the first difference in names, shapes, dtypes or chunk layout between a checkpoint and the first."""
+    """Name the first difference in names, shapes, dtypes, chunk layout or byte items between a
+    checkpoint and the first. Chunk lists are compared as sets: the same chunks in another order
+    are the same layout (the engine finds each input's chunk by its offsets)."""
     ref = ckpts[0]
     for ck in ckpts[1:]:
         missing = [n for n in ref.tensors if n not in ck.tensors]
@@ -271,32 +341,34 @@ def _check_same_tensors(ckpts: Sequence[CheckpointLayout]) -> None:
                 raise MismatchError(
                     f"{_where(ck, name)}: tensor {name!r} has dtype {b.dtype}, but {a.dtype} in {ref.uri}"
                 )
-            if a.chunk_key() != b.chunk_key():
+            if sorted(a.chunk_key()) != sorted(b.chunk_key()):
                 raise MismatchError(
-                    f"{_where(ck, name)}: tensor {name!r} is stored in chunks {list(b.chunk_key())}, "
-                    f"but {list(a.chunk_key())} in {ref.uri}"
+                    f"{_where(ck, name)}: tensor {name!r} is stored in chunks {sorted(b.chunk_key())}, "
+                    f"but {sorted(a.chunk_key())} in {ref.uri}"
                 )
+        missing_items = sorted(set(ref.items) - set(ck.items))
+        if missing_items:
+            raise MismatchError(f"{ck.uri}: item {missing_items[0]!r} (present in {ref.uri}) is missing")
+        extra_items = sorted(set(ck.items) - set(ref.items))
+        if extra_items:
+            raise MismatchError(f"{ck.uri}: item {extra_items[0]!r} is not in {ref.uri}")
 
 
-def _rows_in_order(entry: TensorEntry) -> bool:
-    """Whether the chunks, in order, are consecutive blocks of the tensor in C order (their bytes
-    concatenate to the whole tensor): what a contiguous output file needs. Slabs along dimension 0
-    are such blocks, and so are Megatron's per-layer pieces of a stacked tensor (``[1, rows, cols]``
-    at ``(layer, row, 0)``, e.g. the gate and up halves of ``linear_fc1``)."""
-    if not entry.shape:
-        return len(entry.chunks) == 1
-    flat = 0
-    for c in entry.chunks:
-        # A block: size 1 before some dimension d, whole dimensions after it.
-        d = next((i for i, n in enumerate(c.sizes) if n != 1), len(c.sizes) - 1)
-        whole = all(
-            c.offsets[i] == 0 and c.sizes[i] == entry.shape[i] for i in range(d + 1, len(entry.shape))
-        )
-        start = sum(o * math.prod(entry.shape[i + 1 :]) for i, o in enumerate(c.offsets))
-        if not whole or start != flat:
-            return False
-        flat += c.numel
-    return flat == entry.numel
+def _step(ck: CheckpointLayout) -> int | None:
+    """The training step of a checkpoint if it knows it: store tokens, or Megatron's iteration."""
+    for value in (ck.extra.get("tokens"), ck.metadata.get("iteration")):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def newest_index(ckpts: Sequence[CheckpointLayout]) -> int:
+    """The newest input: the highest step when every input knows its step, else the last one."""
+    steps = [_step(ck) for ck in ckpts]
+    if all(s is not None for s in steps):
+        known = [s for s in steps if s is not None]
+        return max(range(len(ckpts)), key=lambda i: (known[i], i))
+    return len(ckpts) - 1
 
 
 def _out_dtype(in_dtype: str, requested: str | None) -> str:
@@ -318,12 +390,18 @@ def plan_merge(
     selection: AnnealSelection | None = None,
     tolerance: float = WEIGHT_TOLERANCE,
     allow_nonfinite: bool = False,
+    out_format: str = "safetensors",
 ) -> MergePlan:
-    """Validate a merge of ``inputs`` with ``weights`` (reading headers only) and lay out the output.
+    """Validate a merge of ``inputs`` with ``weights`` (reading metadata only) and lay out the output.
 
     ``out_dtype``: None/"auto" keeps each tensor's input dtype; "float32", "bfloat16", "float16"
     or "float64" converts every floating tensor. ``accumulate``: "float32" or "float64".
     ``allow_nonfinite``: merge and publish even if inputs or output hold NaN or Inf.
+    ``out_format``: "safetensors" (any input layout; tensors sharded along any dimension are
+    assembled into C-contiguous tensors, and Megatron's layer-stacked tensors are written one per
+    layer under wsm's trainer names: :mod:`merger.formats.megatron_names`) or "torch_dist" (a
+    DCP directory keeping the inputs' names and chunk layout, which Megatron's
+    ``dist_checkpointing.load`` reads at any parallelism).
     """
     if not inputs:
         raise MergeError("nothing to merge: no checkpoints given")
@@ -333,6 +411,8 @@ def plan_merge(
         raise MergeError(f"output dtype {out_dtype!r} is not one of auto, {', '.join(DTYPE_NAMES)}")
     if accumulate not in ("float32", "float64"):
         raise MergeError(f"accumulation dtype must be float32 or float64, not {accumulate!r}")
+    if out_format not in OUT_FORMATS:
+        raise MergeError(f"output format {out_format!r} is not one of {', '.join(OUT_FORMATS)}")
     if storage_options is None:
         # Refs resolved elsewhere (e.g. from the store) carry the options that reach their files.
         storage_options = next(
@@ -342,15 +422,20 @@ def plan_merge(
     ckpts = [c if isinstance(c, CheckpointLayout) else open_checkpoint(str(c), opts) for c in inputs]
     _check_same_tensors(ckpts)
     ref = ckpts[0]
-    for name, entry in ref.tensors.items():
-        if not _rows_in_order(entry):
-            raise MergeError(
-                f"{ref.uri}: tensor {name!r} is sharded along a dimension other than the first; "
-                "its merge cannot be written as one contiguous tensor"
-            )
+    newest = newest_index(ckpts)
+    # Byte items only fit a DCP output; safetensors has no place for them (the manifest lists them).
+    items = sorted(ckpts[newest].items) if out_format == "torch_dist" else []
     # Output order = the first checkpoint's storage order, so reads of it are sequential.
     order = sorted(ref.tensors.values(), key=lambda e: (e.chunks[0].file, e.chunks[0].byte_offset))
-    tensors = tuple(TensorPlan(e.name, e.shape, e.dtype, _out_dtype(e.dtype, out_dtype)) for e in order)
+    # A safetensors output of Megatron inputs is named as wsm's trainer names it: one tensor per layer.
+    layers = per_layer_names(ref) if out_format == "safetensors" else {}
+    tensors = tuple(
+        TensorPlan(n, e.shape[1:], e.dtype, _out_dtype(e.dtype, out_dtype), e.name, i)
+        if e.name in layers
+        else TensorPlan(e.name, e.shape, e.dtype, _out_dtype(e.dtype, out_dtype))
+        for e in order
+        for i, n in (enumerate(layers[e.name]) if e.name in layers else [(0, e.name)])
+    )
     # Chunk length in elements: the accumulator stays <= chunk_bytes and one chunk's inputs across
     # all checkpoints <= inflight_bytes, so memory does not grow with the checkpoint count.
     acc_size = 8 if accumulate == "float64" else 4
@@ -360,10 +445,12 @@ def plan_merge(
         inputs=tuple(ckpts),
         weights=tuple(float(w) for w in weights),
         tensors=tensors,
-        shards=_layout(tensors, max_shard_bytes),
+        shards=_layout(tensors, max_shard_bytes, out_format, items),
         accumulate=accumulate,
         chunk_elems=chunk_elems,
         storage_options=opts,
         selection=selection,
         allow_nonfinite=bool(allow_nonfinite),
+        out_format=out_format,
+        newest=newest,
     )

@@ -82,14 +82,20 @@ def plan_to_dict(plan: MergePlan) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "inputs": [_layout_to_dict(c) for c in plan.inputs],
         "weights": list(plan.weights),
-        "tensors": [[t.name, list(t.shape), t.in_dtype, t.out_dtype] for t in plan.tensors],
-        "shards": [{"filename": s.filename, "tensors": list(s.tensors)} for s in plan.shards],
+        "tensors": [
+            [t.name, list(t.shape), t.in_dtype, t.out_dtype, t.source, t.layer] for t in plan.tensors
+        ],
+        "shards": [
+            {"filename": s.filename, "tensors": list(s.tensors), "items": list(s.items)} for s in plan.shards
+        ],
         "accumulate": plan.accumulate,
         "chunk_elems": plan.chunk_elems,
         "storage_options": dict(plan.storage_options),
         "metadata": dict(plan.metadata),
         "selection": plan.selection.model_dump(mode="json") if plan.selection else None,
         "allow_nonfinite": plan.allow_nonfinite,
+        "out_format": plan.out_format,
+        "newest": plan.newest,
     }
 
 
@@ -102,12 +108,14 @@ def plan_from_dict(d: Mapping[str, Any]) -> MergePlan:
     return MergePlan(
         inputs=tuple(_layout_from_dict(c, options) for c in d["inputs"]),
         weights=tuple(float(w) for w in d["weights"]),
-        tensors=tuple(TensorPlan(n, tuple(s), i, o) for n, s, i, o in d["tensors"]),
-        shards=tuple(ShardPlan(s["filename"], tuple(s["tensors"])) for s in d["shards"]),
+        tensors=tuple(TensorPlan(n, tuple(s), i, o, src, lay) for n, s, i, o, src, lay in d["tensors"]),
+        shards=tuple(ShardPlan(s["filename"], tuple(s["tensors"]), tuple(s["items"])) for s in d["shards"]),
         accumulate=d["accumulate"],
         chunk_elems=int(d["chunk_elems"]),
         storage_options=options,
         metadata=dict(d["metadata"]),
         selection=AnnealSelection.model_validate(d["selection"]) if d.get("selection") else None,
         allow_nonfinite=bool(d.get("allow_nonfinite", False)),
+        out_format=d.get("out_format", "safetensors"),
+        newest=int(d.get("newest", len(d["inputs"]) - 1)),
     )

@@ -10,24 +10,25 @@ the same run gets the same selection, the same plan and the same model name.
    the same digests, become merge inputs read in place (mmap locally, ranged GETs on S3; never a
    download), sizes checked against the manifests first.
 3. :func:`publish_merge` (one process) or :func:`publish_parts` (a split merge's shards, already
-   written) publish atomically through ``store.publish_model`` with the ``ModelManifest`` last.
+   written) publish atomically through ``store.publish_model`` with the ``ModelManifest`` last,
+   in either output format: safetensors (``model.safetensors`` or shards + index) or
+   ``torch_dist`` (the DCP files flat in the model directory: ``__<k>_0.distcp``, ``common.pt``,
+   ``metadata.json`` and ``.metadata``, which ``dist_checkpointing.load`` reads as is).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from merger import external
-from merger.engine import ProgressFn, finalize_index, finalize_sharded, run_shards
+from merger.engine import ProgressFn, check_outputs, metadata_files, run_shards
 from merger.errors import MergeError, SourcesChangedError
 from merger.formats import CheckpointLayout, open_checkpoint
-from merger.formats.safetensors import INDEX_NAME
 from merger.manifest import build_manifest
 from merger.plan import MergePlan, plan_merge
 from merger.provenance import AnnealSelection
@@ -206,15 +207,16 @@ def _publish(
         sources=list(sel.sources),
     ) as pub:
         stats = write(pub)
-        index = finalize_index(plan)
-        if index is not None:
-            pub.write_bytes(INDEX_NAME, json.dumps(index, indent=2).encode())
+        # Metadata last (index; DCP's common.pt, metadata.json, then .metadata), data never re-read.
+        for filename, data in metadata_files(plan).items():
+            pub.write_bytes(filename, data)
         pub.update(
             timings={k: float(v) for k, v in stats.timings.items()},
             bytes_read=stats.bytes_read,
             config={
                 "accumulate": plan.accumulate,
                 "weights": list(plan.weights),
+                "format": plan.out_format,
                 **(config or {}),
                 "merge": build_manifest(plan, stats),
             },
@@ -270,7 +272,8 @@ def publish_parts(
     """The final step of a split merge: check every shard the parts wrote, then publish them atomically."""
 
     def write(pub: StorePublisher[ModelManifest]) -> MergeStats:
-        stats = finalize_sharded(plan, scratch, part_stats, fsync=False)
+        stats = MergeStats.combine(list(part_stats))
+        check_outputs(plan, scratch)
         written = {str(f["name"]): f.get("sha256") for f in stats.files}
         for shard in plan.shards:
             entry = pub.put_file(shard.filename, os.path.join(scratch, shard.filename))

@@ -1,8 +1,10 @@
 """A writer thread, so that appending (and hashing) output overlaps with the arithmetic.
 
-The main thread queues commands (open a shard, append bytes, commit it); the queue is bounded, so
-at most a few finished chunks wait in memory. An error in the thread is re-raised in the main
-thread at its next call, and :meth:`WriteThread.abort` deletes every temporary file.
+The main thread queues commands (open an output file, append a slice of one of its records,
+commit it); the queue is bounded, so at most a few finished slices wait in memory. The file's
+format (:mod:`merger.formats.output`) decides what goes around the records; every byte it writes
+passes through a hashing sink. An error in the thread is re-raised in the main thread at its next
+call, and :meth:`WriteThread.abort` deletes every temporary file.
 """
 
 from __future__ import annotations
@@ -12,16 +14,42 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from merger.formats.safetensors import SafetensorsWriter
+from merger.formats.output import FileWriter
 from merger.writer import LocalFileSink, Sink
 
 SinkFactory = Callable[[str], Sink]
 """Opens the sink for an output file name (local temp file, store publisher stream)."""
+WriterFactory = Callable[[Sink], FileWriter]
+"""Opens an output format's writer for one file over a sink."""
+
+
+class _HashingSink:
+    """Forwards to a sink, counting and (optionally) hashing every byte on the way."""
+
+    def __init__(self, sink: Sink, hashed: bool) -> None:
+        self.sink = sink
+        self.size = 0
+        self.sha = hashlib.sha256() if hashed else None
+
+    def write(self, data: memoryview) -> int | None:
+        n = self.sink.write(data)
+        done = memoryview(data).nbytes if n is None else n
+        if self.sha is not None:
+            self.sha.update(memoryview(data)[:done])
+        self.size += done
+        return done
+
+    def commit(self) -> None:
+        self.sink.commit()
+
+    def abort(self) -> None:
+        self.sink.abort()
+
 
 QUEUE_DEPTH = 3
 
@@ -48,8 +76,7 @@ class WriteThread:
         self.hash_output = hash_output
         self.seconds = 0.0
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=QUEUE_DEPTH)
-        self._writers: dict[int, SafetensorsWriter] = {}
-        self._hashes: dict[int, Any] = {}
+        self._writers: dict[int, tuple[FileWriter, _HashingSink]] = {}
         self._files: list[dict[str, Any]] = []
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="wsm-write", daemon=True)
@@ -65,17 +92,11 @@ class WriteThread:
             except queue.Full:
                 continue
 
-    def open(
-        self,
-        shard: int,
-        filename: str,
-        entries: Sequence[tuple[str, str, tuple[int, ...]]],
-        metadata: dict[str, str],
-    ) -> None:
-        self._put(("open", shard, filename, list(entries), metadata))
+    def open(self, shard: int, filename: str, factory: WriterFactory) -> None:
+        self._put(("open", shard, filename, factory))
 
-    def write(self, shard: int, data: torch.Tensor) -> None:
-        self._put(("write", shard, data))
+    def write(self, shard: int, record: int, data: torch.Tensor | bytes, first: bool, last: bool) -> None:
+        self._put(("write", shard, record, data, first, last))
 
     def commit(self, shard: int) -> None:
         self._put(("commit", shard))
@@ -99,7 +120,7 @@ class WriteThread:
                 pass
             self._queue.put(None)
             self._thread.join()
-        for w in self._writers.values():
+        for w, _ in self._writers.values():
             w.abort()
         if self.output_dir is not None:
             for f in self._files:
@@ -125,18 +146,16 @@ class WriteThread:
     def _handle(self, item: tuple[Any, ...]) -> None:
         op, shard = item[0], item[1]
         if op == "open":
-            _, _, filename, entries, metadata = item
-            w = SafetensorsWriter(filename, self.open_sink(filename), entries, metadata)
-            self._writers[shard] = w
-            if self.hash_output:
-                self._hashes[shard] = hashlib.sha256(w.header)
+            _, _, filename, factory = item
+            sink = _HashingSink(self.open_sink(filename), self.hash_output)
+            self._writers[shard] = (factory(sink), sink)
         elif op == "write":
-            data = item[2].view(torch.uint8).numpy() if item[2].numel() else b""
-            self._writers[shard].write(data)
-            if self.hash_output:
-                self._hashes[shard].update(data)
+            _, _, record, data, first, last = item
+            if isinstance(data, torch.Tensor):
+                data = data.view(torch.uint8).numpy() if data.numel() else b""
+            self._writers[shard][0].write_record(record, memoryview(data), first=first, last=last)
         elif op == "commit":
-            w = self._writers.pop(shard)
+            w, sink = self._writers.pop(shard)
             w.commit()
-            digest = self._hashes.pop(shard).hexdigest() if self.hash_output else None
-            self._files.append({"name": w.name, "size": w.size, "sha256": digest})
+            digest = sink.sha.hexdigest() if sink.sha is not None else None
+            self._files.append({"name": w.name, "size": sink.size, "sha256": digest})

@@ -51,13 +51,12 @@ class LocalFileSink:
             os.unlink(self.tmp_path)
 
 
-def write_json_atomic(path: str, obj: Any, *, fsync: bool = True) -> None:
-    """Write small JSON (index, manifest) through a temporary name and rename it into place."""
+def write_bytes_atomic(path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Write a small file (index, DCP metadata) through a temporary name and rename it into place."""
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
@@ -67,6 +66,6 @@ def write_json_atomic(path: str, obj: Any, *, fsync: bool = True) -> None:
             os.unlink(tmp)
 
 
-def hf_index(weight_map: dict[str, str], total_size: int) -> dict[str, Any]:
-    """The ``model.safetensors.index.json`` Hugging Face loaders expect."""
-    return {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+def write_json_atomic(path: str, obj: Any, *, fsync: bool = True) -> None:
+    """Write small JSON (index, manifest) through a temporary name and rename it into place."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), fsync=fsync)

@@ -27,7 +27,9 @@ __all__ = [
     "open_checkpoint",
 ]
 
-_NOT_FORMATS = frozenset({"base", "dtypes", "sources"})
+_NOT_FORMATS = frozenset(
+    {"base", "dtypes", "sources", "output", "torch_save", "dcp_writer", "megatron_names"}
+)
 
 
 @lru_cache(maxsize=1)

@@ -8,6 +8,8 @@ tensor one chunk) reading only headers and the index.
 
 Writing: names, dtypes and shapes fix every offset, so :class:`SafetensorsWriter` writes the header
 first and then appends tensor bytes strictly in order as chunks complete; nothing is held back.
+As an output format (:mod:`merger.formats.output`) every tensor is one record, written whole in
+C order whatever the inputs' chunk layout; the index is the only metadata file.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import struct
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from merger.errors import CorruptFileError, MergeError
 from merger.formats.base import CheckpointLayout, FileInfo, TensorChunk, TensorEntry
 from merger.formats.dtypes import DTYPES
+from merger.formats.output import OutRecord
 from merger.formats.sources import (
     FsspecSource,
     LocalSource,
@@ -38,7 +41,11 @@ from merger.formats.sources import (
 from merger.writer import Sink
 from wsm.store import layout
 
+if TYPE_CHECKING:
+    from merger.plan import MergePlan, ShardPlan
+
 FORMAT = "safetensors"
+OUT_FORMAT = "safetensors"
 PRIORITY = 0
 """Detection order among formats (lower first): a directory with safetensors files is read as such."""
 INDEX_NAME = layout.MODEL_INDEX_FILE
@@ -289,12 +296,6 @@ def open_checkpoint(
     )
 
 
-def file_size(entries: Sequence[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> int:
-    """Exact size of the safetensors file holding ``entries`` (name, dtype, shape), known before writing."""
-    header, offsets = encode_header(list(entries), metadata)
-    return len(header) + (offsets[-1][1] if offsets else 0)
-
-
 class SafetensorsWriter:
     """Writes one safetensors file into ``sink``: the header at once, then tensor bytes in order."""
 
@@ -341,3 +342,45 @@ class SafetensorsWriter:
 
     def abort(self) -> None:
         self.sink.abort()
+
+
+class SafetensorsFileWriter(SafetensorsWriter):
+    """:class:`SafetensorsWriter` as an output format's file writer: records are tensors, in order."""
+
+    def write_record(self, record: int, data: memoryview, *, first: bool, last: bool) -> None:
+        self.write(data)
+
+
+# -- the output format (merger/formats/output.py) -------------------------------------------------
+
+
+def shard_name(index: int, count: int) -> str:
+    """``model.safetensors``, or HF shard names when there are several files."""
+    return SINGLE_NAME if count == 1 else f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def _entries(plan: MergePlan, shard: ShardPlan) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(n, plan.tensor(n).out_dtype, plan.tensor(n).shape) for n in shard.tensors]
+
+
+def records(plan: MergePlan, shard: ShardPlan) -> list[OutRecord]:
+    return [OutRecord(n, dtype, shape) for n, dtype, shape in _entries(plan, shard)]
+
+
+def file_size(plan: MergePlan, shard: ShardPlan) -> int:
+    """Exact size of output file ``shard`` of ``plan``, known before writing it."""
+    header, offsets = encode_header(_entries(plan, shard), dict(plan.metadata))
+    return len(header) + (offsets[-1][1] if offsets else 0)
+
+
+def open_file(plan: MergePlan, shard: ShardPlan, sink: Sink) -> SafetensorsFileWriter:
+    return SafetensorsFileWriter(shard.filename, sink, _entries(plan, shard), dict(plan.metadata))
+
+
+def metadata_files(plan: MergePlan, provenance: dict[str, Any]) -> dict[str, bytes]:
+    """The HF index of a sharded output (nothing for one ``model.safetensors``)."""
+    if len(plan.shards) == 1 and plan.shards[0].filename == SINGLE_NAME:
+        return {}
+    weight_map = {name: shard.filename for shard in plan.shards for name in shard.tensors}
+    index = {"metadata": {"total_size": plan.output_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+    return {INDEX_NAME: (json.dumps(index, indent=2) + "\n").encode()}

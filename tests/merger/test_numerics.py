@@ -9,7 +9,7 @@ import pytest
 import torch
 from merger_helpers import load_output, random_state, read_tree, reference, save, save_sharded
 
-from merger import MismatchError, execute_merge, plan_merge
+from merger import execute_merge, plan_merge
 
 WEIGHTS = [0.5, 0.3, 0.2]
 # float32 accumulation of 3 terms, then rounding to the output dtype: half an ulp plus a little.
@@ -83,17 +83,27 @@ def test_bf16_out_of_bf16_in_by_default(tmp_path: Path) -> None:
     assert load_output(tmp_path / "out")["embed.weight"].dtype == torch.bfloat16
 
 
-def test_non_float_tensors_must_be_identical(tmp_path: Path) -> None:
+def test_non_float_tensors_are_copied_from_the_newest(tmp_path: Path) -> None:
+    """Non-float tensors are never averaged: they come from the newest input (the last one when
+    no input knows its step), and only that input's bytes are read."""
     states = [random_state(i) for i in range(3)]
-    states[2]["position_ids"] = states[2]["position_ids"].clone()
-    states[2]["position_ids"][40] = 7
+    for i, s in enumerate(states):
+        s["position_ids"] = s["position_ids"] + 100 * i
     paths = [save(tmp_path / f"c{i}.safetensors", s) for i, s in enumerate(states)]
-    with pytest.raises(
-        MismatchError, match=r"c2\.safetensors: non-float tensor 'position_ids' .* flat index 40"
-    ):
-        execute_merge(plan_merge(paths, WEIGHTS), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no staging left
+    plan = plan_merge(paths, WEIGHTS)
+    assert plan.newest_input.uri == paths[2]
+    stats = execute_merge(plan, tmp_path / "out")
+    assert torch.equal(load_output(tmp_path / "out")["position_ids"], states[2]["position_ids"])
+    int_bytes = states[0]["position_ids"].numel() * 8
+    assert stats.bytes_read == plan.bytes_to_read
+    assert plan.bytes_to_read == 3 * (sum(t.in_nbytes for t in plan.tensors) - int_bytes) + int_bytes
+    # the newest by step when every input knows it: the store's tokens here
+    for ck, tokens in zip(plan.inputs, (300, 100, 200), strict=True):
+        ck.extra["tokens"] = tokens
+    plan = plan_merge(list(plan.inputs), WEIGHTS)
+    assert plan.newest_input.uri == paths[0]
+    execute_merge(plan, tmp_path / "by-step")
+    assert torch.equal(load_output(tmp_path / "by-step")["position_ids"], states[0]["position_ids"])
 
 
 def test_repeat_runs_are_bit_identical(tmp_path: Path) -> None:

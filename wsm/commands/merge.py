@@ -1,6 +1,7 @@
 """``wsm merge``: merge explicit checkpoint files, or a run's window from the store.
 
 wsm merge a.safetensors:0.5 b.safetensors:0.3 c.safetensors:0.2 -o out/
+wsm merge run/iter_0001000:0.5 run/iter_0002000:0.5 --out-format torch_dist -o out/   # Megatron DCP
 wsm merge --run r1 --curve 1-sqrt --window 80B --interval 10B          # publishes to the store
 wsm merge ... --dry-run        # the plan (checkpoints, weights, bytes to read), nothing merged
 wsm merge ... --mergekit-yaml merge.yaml   # the equivalent mergekit linear-merge config
@@ -69,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "inputs",
         nargs="*",
         metavar="PATH[:WEIGHT]",
-        help="safetensors file, HF index or directory; local or URL",
+        help="safetensors file, HF index or directory, or a PyTorch DCP directory (Megatron "
+        "iter_<N>/, torchtitan step-<N>/, OLMo-core step<N>/model_and_optim/); local or URL",
     )
     p.add_argument("-o", "--output", help="output directory (default with --run: publish to the store)")
     g = p.add_argument_group("from the store")
@@ -96,6 +98,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     o.add_argument(
         "--accumulate", default="float32", choices=["float32", "float64"], help="accumulator dtype"
+    )
+    o.add_argument(
+        "--out-format",
+        default="safetensors",
+        choices=["safetensors", "torch_dist"],
+        help="safetensors (any input layout) or torch_dist: a DCP directory in Megatron-LM's layout "
+        "that dist_checkpointing.load reads (keeps the inputs' chunk layout)",
     )
     o.add_argument("--max-shard-size", default=None, help="write HF shards of at most this size, e.g. 5GB")
     o.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -130,6 +139,7 @@ def _plan(args: argparse.Namespace) -> tuple[Any, Any]:
     kwargs: dict[str, Any] = {
         "out_dtype": args.dtype,
         "accumulate": args.accumulate,
+        "out_format": args.out_format,
         "max_shard_bytes": parse_bytes(args.max_shard_size) if args.max_shard_size else None,
         "allow_nonfinite": args.allow_nonfinite,
     }

@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import dcp_fixtures
+import dcp_merge_fixtures
 
 warnings.filterwarnings("ignore", message=".*Transformer Engine.*")
 warnings.filterwarnings("ignore", message=".*Apex.*")
@@ -39,3 +40,15 @@ def titan_root() -> Path:
 def olmo_root() -> Path:
     """An OLMo-core save folder: step1000/model_and_optim/, step2000/model_and_optim/."""
     return dcp_fixtures.cached("olmo-core", dcp_fixtures.olmo_run)
+
+
+@pytest.fixture(scope="session")
+def megatron_merge_tp1() -> Path:
+    """Megatron save dirs ``bf16/`` (iterations 100, 200, 300) and ``fp32/`` (100, 200) at TP=1."""
+    return dcp_merge_fixtures.cached_run(1)
+
+
+@pytest.fixture(scope="session")
+def megatron_merge_tp2() -> Path:
+    """The same at TP=2 (two gloo processes under torchrun)."""
+    return dcp_merge_fixtures.cached_run(2)
