@@ -1,4 +1,4 @@
-"""Policies and grids with their jobs' states, as response models (api/schemas_research.py).
+"""Policies and grids with their jobs' states, as response models (api/schemas/research.py).
 
 Job errors may name server paths; they are redacted here (api/redact.py) like a job's own.
 """
@@ -12,7 +12,7 @@ from anneal.policies import PolicyRecord
 from anneal.resolve import Listing
 from api import redact
 from api.convert import model_id
-from api.schemas_research import GridCellOut, GridOut, PolicyOut, PolicyPointOut
+from api.schemas.research import GridCellOut, GridOut, PolicyOut, PolicyPointOut
 from wsm.eval_config import EvalConfig
 from wsm.store import Store
 

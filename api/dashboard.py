@@ -1,7 +1,7 @@
 """The dashboard: a static page at ``/`` that reads only the public API (no build step).
 
 ``mount_dashboard(app)`` serves ``api/static`` under ``/static`` and ``index.html`` at ``/``, and adds
-the one read endpoint the charts need beyond the core API (api/routes_dashboard.py).
+the one read endpoint the charts need beyond the core API (api/routes/dashboard.py).
 Chart.js is vendored in ``api/static/vendor`` so the page works without internet access.
 """
 
@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import routes_dashboard
+from api.routes import dashboard as dashboard_routes
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -34,7 +34,7 @@ class _RevalidatedStatic(StaticFiles):
 
 def mount_dashboard(app: FastAPI) -> None:
     """Serve the dashboard on ``app``: ``/`` (the page) and ``/static/*`` (its assets)."""
-    app.include_router(routes_dashboard.router)
+    app.include_router(dashboard_routes.router)
     app.mount("/static", _RevalidatedStatic(directory=STATIC_DIR), name="dashboard-static")
 
     @app.get("/", include_in_schema=False)

@@ -12,7 +12,7 @@ from anneal.grids import GridRecord, GridSpec
 from api.convert_research import grid_out, run_jobs
 from api.deps import StoreDep, require_token, run_name
 from api.errors import ApiError, responses
-from api.schemas_research import GridList, GridOut, GridRequest
+from api.schemas.research import GridList, GridOut, GridRequest
 from wsm.store import Store, validate_name
 
 router = APIRouter(tags=["grids"])

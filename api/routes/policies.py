@@ -14,7 +14,7 @@ from anneal.policies import PolicyRecord, PolicySpec
 from api.convert_research import policy_out, run_jobs
 from api.deps import StoreDep, require_token, run_name
 from api.errors import ApiError, responses
-from api.schemas_research import PolicyList, PolicyOut, PolicyRequest
+from api.schemas.research import PolicyList, PolicyOut, PolicyRequest
 from wsm.store import Store, validate_name
 
 router = APIRouter(tags=["policies"])

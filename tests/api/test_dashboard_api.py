@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.dashboard import STATIC_DIR
-from api.routes_dashboard import downsample
+from api.routes.dashboard import downsample
 from tests.api import dashboard_seed as seed
 from tests.conftest import make_settings
 from wsm.settings import Settings

@@ -1,5 +1,5 @@
 """The research endpoints over the seeded dashboard run: merge vs real decay, the frontier, branch
-curves, policies and grids (api/routes/research.py, policies.py, grids.py, routes_dashboard.py)."""
+curves, policies and grids (api/routes/research.py, policies.py, grids.py, dashboard.py)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from anneal import resolve
 from anneal.evidence import curve_label
 from api.convert import model_id
 from api.deps import StoreDep, run_name
-from api.schemas_research import BranchCurve, BranchList, BranchPoint
+from api.schemas.research import BranchCurve, BranchList, BranchPoint
 from wsm.store import ModelManifest
 
 router = APIRouter(tags=["runs"])
