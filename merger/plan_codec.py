@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from merger.plan import MergePlan
 
 FORMAT_VERSION = 3
-"""3 added each file's store manifest entry and ``allow_nonfinite``; version 2 plans still load."""
+"""3 added each file's store manifest entry and ``allow_nonfinite``, then the output format, the
+newest input, byte items per file and each tensor's source; older plans (version 2, or 3 without
+those) still load, as safetensors merges of whole tensors."""
 READABLE_VERSIONS = (2, 3)
 
 
@@ -108,8 +110,10 @@ def plan_from_dict(d: Mapping[str, Any]) -> MergePlan:
     return MergePlan(
         inputs=tuple(_layout_from_dict(c, options) for c in d["inputs"]),
         weights=tuple(float(w) for w in d["weights"]),
-        tensors=tuple(TensorPlan(n, tuple(s), i, o, src, lay) for n, s, i, o, src, lay in d["tensors"]),
-        shards=tuple(ShardPlan(s["filename"], tuple(s["tensors"]), tuple(s["items"])) for s in d["shards"]),
+        tensors=tuple(_tensor(TensorPlan, t) for t in d["tensors"]),
+        shards=tuple(
+            ShardPlan(s["filename"], tuple(s["tensors"]), tuple(s.get("items", ()))) for s in d["shards"]
+        ),
         accumulate=d["accumulate"],
         chunk_elems=int(d["chunk_elems"]),
         storage_options=options,
@@ -119,3 +123,11 @@ def plan_from_dict(d: Mapping[str, Any]) -> MergePlan:
         out_format=d.get("out_format", "safetensors"),
         newest=int(d.get("newest", len(d["inputs"]) - 1)),
     )
+
+
+def _tensor(cls: Any, t: list[Any]) -> Any:
+    """A :class:`~merger.plan.TensorPlan` from its list; plans written before tensors had a source
+    (4 fields) still load."""
+    name, shape, in_dtype, out_dtype = t[:4]
+    source, layer = (t[4], t[5]) if len(t) > 4 else ("", None)
+    return cls(name, tuple(shape), in_dtype, out_dtype, source, layer)

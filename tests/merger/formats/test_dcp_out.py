@@ -222,6 +222,10 @@ def test_torch_dist_output_loads_into_gptmodel_with_reference_logits(
     assert common["iteration"] == ITERATIONS[dtype][-1] and common["args"].tensor_model_parallel_size == tp
     prov = common[PROVENANCE_KEY]
     assert prov["weights"] == weights and [i["uri"] for i in prov["inputs"]] == [str(p) for p in paths]
+    # written before the merge knows what it verified, so it does not claim either way
+    assert all("verified" not in i for i in prov["inputs"])
+    manifest = json.loads((_iter_dir(tmp_path / "out") / MANIFEST_NAME).read_text())
+    assert [i["verified"] for i in manifest["inputs"]] == [False] * len(paths)  # files outside the store
 
 
 def test_safetensors_output_of_megatron_inputs_is_a_gptmodel_state_dict(
