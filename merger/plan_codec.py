@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 3
 """3 added each file's store manifest entry and ``allow_nonfinite``, then the output format, the
-newest input, byte items per file and each tensor's source; older plans (version 2, or 3 without
-those) still load, as safetensors merges of whole tensors."""
+newest input and byte items per file; older plans (version 2, or 3 without those) still load, as
+safetensors merges."""
 READABLE_VERSIONS = (2, 3)
 
 
@@ -84,9 +84,7 @@ def plan_to_dict(plan: MergePlan) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "inputs": [_layout_to_dict(c) for c in plan.inputs],
         "weights": list(plan.weights),
-        "tensors": [
-            [t.name, list(t.shape), t.in_dtype, t.out_dtype, t.source, t.layer] for t in plan.tensors
-        ],
+        "tensors": [[t.name, list(t.shape), t.in_dtype, t.out_dtype] for t in plan.tensors],
         "shards": [
             {"filename": s.filename, "tensors": list(s.tensors), "items": list(s.items)} for s in plan.shards
         ],
@@ -110,7 +108,7 @@ def plan_from_dict(d: Mapping[str, Any]) -> MergePlan:
     return MergePlan(
         inputs=tuple(_layout_from_dict(c, options) for c in d["inputs"]),
         weights=tuple(float(w) for w in d["weights"]),
-        tensors=tuple(_tensor(TensorPlan, t) for t in d["tensors"]),
+        tensors=tuple(TensorPlan(t[0], tuple(t[1]), t[2], t[3]) for t in d["tensors"]),
         shards=tuple(
             ShardPlan(s["filename"], tuple(s["tensors"]), tuple(s.get("items", ()))) for s in d["shards"]
         ),
@@ -123,11 +121,3 @@ def plan_from_dict(d: Mapping[str, Any]) -> MergePlan:
         out_format=d.get("out_format", "safetensors"),
         newest=int(d.get("newest", len(d["inputs"]) - 1)),
     )
-
-
-def _tensor(cls: Any, t: list[Any]) -> Any:
-    """A :class:`~merger.plan.TensorPlan` from its list; plans written before tensors had a source
-    (4 fields) still load."""
-    name, shape, in_dtype, out_dtype = t[:4]
-    source, layer = (t[4], t[5]) if len(t) > 4 else ("", None)
-    return cls(name, tuple(shape), in_dtype, out_dtype, source, layer)
