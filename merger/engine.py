@@ -336,7 +336,8 @@ def run_shards(
                     futs = [[pool.submit(reader.read_item, newest, w.name)]]
                 else:
                     futs = [
-                        [pool.submit(reader.read, i, w.name, p) for i in sources_of(plan, w)] for p in w.pieces
+                        [pool.submit(reader.read, i, w.name, p) for i in sources_of(plan, w)]
+                        for p in w.pieces
                     ]
                 pending.append((w, futs))
                 return True
