@@ -5,14 +5,13 @@ each record in blocks of at most ``plan.chunk_elems`` elements, in output byte o
 
 - a record that is one stored chunk (``torch_dist`` keeps the inputs' chunk layout): consecutive
   ranges of that chunk, found in every input by the chunk's offsets;
-- a whole tensor whose chunks are slabs along dimension 0 in order (one safetensors tensor, a
-  Megatron embedding split by rows): consecutive ranges of each chunk in turn;
+- a whole tensor whose chunks are consecutive blocks of it in C order (one safetensors tensor, a
+  Megatron embedding split by rows, the per-layer pieces of a stacked tensor): consecutive ranges
+  of each chunk in turn;
 - a whole tensor whose chunks are cut along other dimensions (a tensor-parallel row-parallel
   weight split along dimension 1): blocks of the C-contiguous tensor, each assembled from one
   contiguous range of every chunk it crosses, merged piece by piece and interleaved into place
   with a strided copy (:func:`interleaved_blocks`). Memory stays one block, whatever the layout;
-- one layer of a Megatron layer-stacked tensor (safetensors output of Megatron inputs: see
-  :func:`merger.formats.megatron_names.per_layer_names`): the same, within row ``layer`` of it;
 - a byte item: copied whole from the newest checkpoint.
 """
 
@@ -66,48 +65,24 @@ class Work:
     last_of_shard: bool
 
 
-@dataclass(frozen=True)
-class _View:
-    """A stored chunk as seen from the region being written: a whole tensor, or one layer of it."""
-
-    key: tuple[int, ...]
-    """The stored chunk's offsets in the global tensor: how every input finds it."""
-    base: int
-    """Element of the stored chunk where the region's part of it starts."""
-    offsets: tuple[int, ...]
-    """Within the region."""
-    sizes: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.sizes)
-
-
-def _views(entry: TensorEntry, layer: int | None) -> tuple[tuple[int, ...], list[_View]]:
-    """The region's shape and the chunks crossing it: the whole tensor, or its row ``layer``
-    (a Megatron layer-stacked tensor written one layer per output tensor)."""
-    chunks = sorted(entry.chunks, key=lambda c: c.offsets)
-    if layer is None:
-        return entry.shape, [_View(c.offsets, 0, c.offsets, c.sizes) for c in chunks]
-    views = [
-        _View(c.offsets, (layer - c.offsets[0]) * math.prod(c.sizes[1:]), c.offsets[1:], c.sizes[1:])
-        for c in chunks
-        if c.offsets[0] <= layer < c.offsets[0] + c.sizes[0]
-    ]
-    return entry.shape[1:], views
-
-
-def rows_in_order(shape: tuple[int, ...], views: Sequence[_View]) -> bool:
-    """Whether the chunks, in offsets order, are consecutive slabs along dimension 0: their bytes
-    concatenate to the region in C order, so it is merged chunk by chunk as is."""
-    if not shape:
-        return len(views) == 1
-    row = 0
-    for v in views:
-        if v.offsets != (row,) + (0,) * (len(shape) - 1) or v.sizes[1:] != shape[1:]:
+def rows_in_order(entry: TensorEntry) -> bool:
+    """Whether the chunks, in offsets order, are consecutive blocks of the tensor in C order: their
+    bytes concatenate to the whole tensor, so it is merged chunk by chunk as stored. Slabs along
+    dimension 0 are such blocks, and so are Megatron's per-layer pieces of a stacked tensor
+    (``[1, rows, cols]`` at ``(layer, row, 0)``, e.g. the gate and up halves of ``linear_fc1``)."""
+    if not entry.shape:
+        return len(entry.chunks) == 1
+    flat = 0
+    for c in sorted(entry.chunks, key=lambda c: c.offsets):
+        # A block: size 1 before some dimension d, whole dimensions after it.
+        d = next((i for i, n in enumerate(c.sizes) if n != 1), len(c.sizes) - 1)
+        whole = all(
+            c.offsets[i] == 0 and c.sizes[i] == entry.shape[i] for i in range(d + 1, len(entry.shape))
+        )
+        if not whole or _flat_index(c.offsets, entry.shape) != flat:
             return False
-        row += v.sizes[0]
-    return row == shape[0]
+        flat += c.numel
+    return flat == entry.numel
 
 
 def _flat_index(index: Sequence[int], sizes: Sequence[int]) -> int:
@@ -117,41 +92,43 @@ def _flat_index(index: Sequence[int], sizes: Sequence[int]) -> int:
     return flat
 
 
-def interleaved_blocks(
-    shape: tuple[int, ...], views: Sequence[_View], limit: int
-) -> Iterator[tuple[tuple[int, ...], tuple[Piece, ...]]]:
-    """Blocks of the C-contiguous region assembled from chunks cut along any dimensions.
+def interleaved_blocks(entry: TensorEntry, limit: int) -> Iterator[tuple[tuple[int, ...], tuple[Piece, ...]]]:
+    """Blocks of the C-contiguous global tensor assembled from chunks cut along any dimensions.
 
     A block fixes the indices of dimensions ``< d`` and takes a range of dimension ``d`` and all
     of the following ones, ``d`` being the first dimension whose trailing elements fit ``limit``.
     Each chunk it crosses contributes one contiguous range of its own storage (its full extent
     along the trailing dimensions), merged as one piece and copied into the block at its offsets.
     """
+    shape = entry.shape
     nd = len(shape)
     d = next(i for i in range(nd) if math.prod(shape[i + 1 :]) <= limit)
     step = max(1, limit // math.prod(shape[d + 1 :]))
+    chunks = sorted(entry.chunks, key=lambda c: c.offsets)
     for lead in itertools.product(*(range(n) for n in shape[:d])):
         mine = [
-            v for v in views if all(o <= x < o + n for x, o, n in zip(lead, v.offsets, v.sizes, strict=False))
+            c
+            for c in chunks
+            if all(o <= x < o + n for x, o, n in zip(lead, c.offsets, c.sizes, strict=False))
         ]
         for a in range(0, shape[d], step):
             b = min(shape[d], a + step)
             pieces = []
-            for v in mine:
-                lo, hi = max(a, v.offsets[d]), min(b, v.offsets[d] + v.sizes[d])
+            for c in mine:
+                lo, hi = max(a, c.offsets[d]), min(b, c.offsets[d] + c.sizes[d])
                 if lo >= hi:
                     continue
-                local = [x - o for x, o in zip(lead, v.offsets, strict=False)] + [lo - v.offsets[d]]
-                start = v.base + _flat_index(local + [0] * (nd - d - 1), v.sizes)
-                inner = v.sizes[d + 1 :]
-                across = [slice(o, o + n) for o, n in zip(v.offsets[d + 1 :], inner, strict=True)]
+                local = [x - o for x, o in zip(lead, c.offsets, strict=False)] + [lo - c.offsets[d]]
+                start = _flat_index(local + [0] * (nd - d - 1), c.sizes)
+                inner = c.sizes[d + 1 :]
+                across = [slice(o, o + n) for o, n in zip(c.offsets[d + 1 :], inner, strict=True)]
                 dest = (slice(lo - a, hi - a), *across)
-                pieces.append(Piece(v.key, start, (hi - lo) * math.prod(inner), dest, (hi - lo, *inner)))
+                pieces.append(Piece(c.offsets, start, (hi - lo) * math.prod(inner), dest, (hi - lo, *inner)))
             yield (b - a, *shape[d + 1 :]), tuple(pieces)
 
 
-def _ranges(key: tuple[int, ...], base: int, numel: int, step: int) -> list[Piece]:
-    return [Piece(key, base + s, min(step, numel - s)) for s in range(0, numel, step)]
+def _ranges(chunk: tuple[int, ...], numel: int, step: int) -> list[Piece]:
+    return [Piece(chunk, s, min(step, numel - s)) for s in range(0, numel, step)]
 
 
 def record_work(plan: MergePlan, shard: int, index: int, rec: OutRecord) -> Iterator[Work]:
@@ -160,19 +137,23 @@ def record_work(plan: MergePlan, shard: int, index: int, rec: OutRecord) -> Iter
         yield Work(shard, index, rec.name, None, 0, (), None, True, True, False)
         return
     t = plan.tensor(rec.name)
+    entry = plan.inputs[0].tensors[rec.name]
     step = plan.chunk_elems
-    shape, views = _views(plan.inputs[0].tensors[t.src], t.layer)
     if rec.offsets is not None:  # one stored chunk, kept as is
-        ranges = _ranges(rec.offsets, 0, math.prod(rec.shape), step)
-    elif math.prod(shape) == 0:
+        ranges = _ranges(rec.offsets, math.prod(rec.shape), step)
+    elif entry.numel == 0:
         ranges = []
-    elif rows_in_order(shape, views):
-        ranges = [r for v in views for r in _ranges(v.key, v.base, v.numel, step)]
+    elif rows_in_order(entry):
+        ranges = [
+            r
+            for c in sorted(entry.chunks, key=lambda c: c.offsets)
+            for r in _ranges(c.offsets, c.numel, step)
+        ]
     else:
-        blocks = list(interleaved_blocks(shape, views, step))
-        for i, (block, pieces) in enumerate(blocks):
+        blocks = list(interleaved_blocks(entry, step))
+        for i, (shape, pieces) in enumerate(blocks):
             last = i == len(blocks) - 1
-            yield Work(shard, index, rec.name, t, math.prod(block), pieces, block, i == 0, last, False)
+            yield Work(shard, index, rec.name, t, math.prod(shape), pieces, shape, i == 0, last, False)
         return
     if not ranges:  # an empty tensor: its record is still written, with no data
         yield Work(shard, index, rec.name, t, 0, (), None, True, True, False)

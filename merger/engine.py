@@ -95,7 +95,7 @@ class _Reader:
                 continue
             for p in w.pieces:
                 for i in sources_of(self.plan, w):
-                    key, offset, length = self._locate(i, w.tensor.src, p)
+                    key, offset, length = self._locate(i, w.name, p)
                     reads.setdefault(key, []).append((offset, length))
         return reads
 
@@ -129,7 +129,7 @@ class _Reader:
         if self.verifier is not None and w.tensor is not None:
             for p in w.pieces:
                 for i in sources_of(plan, w):
-                    self.verifier.check_now(*self._locate(i, w.tensor.src, p))
+                    self.verifier.check_now(*self._locate(i, w.name, p))
 
     def finish(self) -> list[bool]:
         """Check what is left to verify; returns, per input, whether all it gave was verified."""
@@ -235,7 +235,7 @@ def _compute(
     if t is None:
         return bytes(views[0][0])
 
-    files = None if plan.allow_nonfinite else _files_of(plan, t.src, work)
+    files = None if plan.allow_nonfinite else _files_of(plan, t.name, work)
 
     def one(p: Piece, vs: list[memoryview]) -> torch.Tensor:
         if t.is_float:
@@ -335,9 +335,9 @@ def run_shards(
                 if w.tensor is None:
                     futs = [[pool.submit(reader.read_item, newest, w.name)]]
                 else:
-                    src = w.tensor.src
                     futs = [
-                        [pool.submit(reader.read, i, src, p) for i in sources_of(plan, w)] for p in w.pieces
+                        [pool.submit(reader.read, i, w.name, p) for i in sources_of(plan, w)]
+                        for p in w.pieces
                     ]
                 pending.append((w, futs))
                 return True
@@ -365,7 +365,7 @@ def run_shards(
                 if w.tensor is not None:
                     for p in w.pieces:
                         for i in sources_of(plan, w):
-                            reader.release(i, w.tensor.src, p)
+                            reader.release(i, w.name, p)
                 watch.add("compute", t)
                 writer.write(w.shard, w.record, out, w.first, w.last)
                 if w.last_of_shard:

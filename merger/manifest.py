@@ -106,13 +106,16 @@ def provenance(
     plan: MergePlan, input_hashes: dict[str, str] | None = None, verified: list[bool] | None = None
 ) -> dict[str, Any]:
     """Where a merge comes from and what it did, as plain data: the plan, and once the merge ran,
-    whether each input's bytes were verified against its store manifest (``verified``)."""
+    whether each input's bytes were verified against its store manifest (``verified``; without
+    it, as in ``common.pt``, written before anyone knows, the records leave it out)."""
     hashes = input_hashes or {}
     sel = plan.selection
     w_by_tokens = {src.tokens: src.w for src in sel.sources} if sel else {}
     inputs = []
     for ck, c, ok in zip(plan.inputs, plan.weights, verified or [False] * len(plan.inputs), strict=True):
         rec = input_record(ck, c, hashes.get(ck.uri), ok)
+        if verified is None:
+            del rec["verified"]
         if ck.extra.get("tokens") in w_by_tokens:
             rec["w"] = w_by_tokens[ck.extra["tokens"]]
         if "iteration" in ck.metadata:
@@ -148,7 +151,7 @@ def build_manifest(
     """The JSON written next to a merged model (``merge_manifest.json``): the provenance, the
     keys skipped, the output files and what the merge cost."""
     return {
-        **provenance(plan, input_hashes, stats.verified_inputs),
+        **provenance(plan, input_hashes, stats.verified_inputs or [False] * len(plan.inputs)),
         "skipped": plan.skipped,
         "output": {
             "format": plan.out_format,

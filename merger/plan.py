@@ -28,7 +28,6 @@ from typing import Any
 from merger.errors import MergeError, MismatchError, WeightError
 from merger.formats import CheckpointLayout, TensorEntry, open_checkpoint
 from merger.formats.dtypes import CODE_TO_NAME, DTYPE_NAMES, DTYPES
-from merger.formats.megatron_names import per_layer_names
 from merger.formats.output import OUT_FORMATS, OutRecord, output_module
 from merger.formats.safetensors import SINGLE_NAME
 from merger.provenance import AnnealSelection
@@ -49,14 +48,6 @@ class TensorPlan:
     shape: tuple[int, ...]
     in_dtype: str
     out_dtype: str
-    source: str = ""
-    """The input tensor it comes from, when named otherwise (a layer of a Megatron stacked tensor)."""
-    layer: int | None = None
-    """The row of ``source`` it is (one layer of a layer-stacked tensor); None: all of it."""
-
-    @property
-    def src(self) -> str:
-        return self.source or self.name
 
     @property
     def numel(self) -> int:
@@ -398,10 +389,8 @@ def plan_merge(
     or "float64" converts every floating tensor. ``accumulate``: "float32" or "float64".
     ``allow_nonfinite``: merge and publish even if inputs or output hold NaN or Inf.
     ``out_format``: "safetensors" (any input layout; tensors sharded along any dimension are
-    assembled into C-contiguous tensors, and Megatron's layer-stacked tensors are written one per
-    layer under wsm's trainer names: :mod:`merger.formats.megatron_names`) or "torch_dist" (a
-    DCP directory keeping the inputs' names and chunk layout, which Megatron's
-    ``dist_checkpointing.load`` reads at any parallelism).
+    assembled into C-contiguous tensors) or "torch_dist" (a DCP directory keeping the inputs'
+    chunk layout, which Megatron's ``dist_checkpointing.load`` reads at any parallelism).
     """
     if not inputs:
         raise MergeError("nothing to merge: no checkpoints given")
@@ -427,15 +416,7 @@ def plan_merge(
     items = sorted(ckpts[newest].items) if out_format == "torch_dist" else []
     # Output order = the first checkpoint's storage order, so reads of it are sequential.
     order = sorted(ref.tensors.values(), key=lambda e: (e.chunks[0].file, e.chunks[0].byte_offset))
-    # A safetensors output of Megatron inputs is named as wsm's trainer names it: one tensor per layer.
-    layers = per_layer_names(ref) if out_format == "safetensors" else {}
-    tensors = tuple(
-        TensorPlan(n, e.shape[1:], e.dtype, _out_dtype(e.dtype, out_dtype), e.name, i)
-        if e.name in layers
-        else TensorPlan(e.name, e.shape, e.dtype, _out_dtype(e.dtype, out_dtype))
-        for e in order
-        for i, n in (enumerate(layers[e.name]) if e.name in layers else [(0, e.name)])
-    )
+    tensors = tuple(TensorPlan(e.name, e.shape, e.dtype, _out_dtype(e.dtype, out_dtype)) for e in order)
     # Chunk length in elements: the accumulator stays <= chunk_bytes and one chunk's inputs across
     # all checkpoints <= inflight_bytes, so memory does not grow with the checkpoint count.
     acc_size = 8 if accumulate == "float64" else 4

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from merger.plan import MergePlan
 
 FORMAT_VERSION = 3
-"""3 added each file's store manifest entry and ``allow_nonfinite``; version 2 plans still load."""
+"""3 added each file's store manifest entry and ``allow_nonfinite``, then the output format, the
+newest input and byte items per file; older plans (version 2, or 3 without those) still load, as
+safetensors merges."""
 READABLE_VERSIONS = (2, 3)
 
 
@@ -82,9 +84,7 @@ def plan_to_dict(plan: MergePlan) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "inputs": [_layout_to_dict(c) for c in plan.inputs],
         "weights": list(plan.weights),
-        "tensors": [
-            [t.name, list(t.shape), t.in_dtype, t.out_dtype, t.source, t.layer] for t in plan.tensors
-        ],
+        "tensors": [[t.name, list(t.shape), t.in_dtype, t.out_dtype] for t in plan.tensors],
         "shards": [
             {"filename": s.filename, "tensors": list(s.tensors), "items": list(s.items)} for s in plan.shards
         ],
@@ -108,8 +108,10 @@ def plan_from_dict(d: Mapping[str, Any]) -> MergePlan:
     return MergePlan(
         inputs=tuple(_layout_from_dict(c, options) for c in d["inputs"]),
         weights=tuple(float(w) for w in d["weights"]),
-        tensors=tuple(TensorPlan(n, tuple(s), i, o, src, lay) for n, s, i, o, src, lay in d["tensors"]),
-        shards=tuple(ShardPlan(s["filename"], tuple(s["tensors"]), tuple(s["items"])) for s in d["shards"]),
+        tensors=tuple(TensorPlan(t[0], tuple(t[1]), t[2], t[3]) for t in d["tensors"]),
+        shards=tuple(
+            ShardPlan(s["filename"], tuple(s["tensors"]), tuple(s.get("items", ()))) for s in d["shards"]
+        ),
         accumulate=d["accumulate"],
         chunk_elems=int(d["chunk_elems"]),
         storage_options=options,

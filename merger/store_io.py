@@ -12,8 +12,9 @@ the same run gets the same selection, the same plan and the same model name.
 3. :func:`publish_merge` (one process) or :func:`publish_parts` (a split merge's shards, already
    written) publish atomically through ``store.publish_model`` with the ``ModelManifest`` last,
    in either output format: safetensors (``model.safetensors`` or shards + index) or
-   ``torch_dist`` (the DCP files flat in the model directory: ``__<k>_0.distcp``, ``common.pt``,
-   ``metadata.json`` and ``.metadata``, which ``dist_checkpointing.load`` reads as is).
+   ``torch_dist`` in Megatron-LM's layout, as the store keeps Megatron checkpoints:
+   ``latest_checkpointed_iteration.txt`` and ``iter_<N>/`` (``__<k>_0.distcp``, ``common.pt``,
+   ``metadata.json``, ``.metadata``), which ``dist_checkpointing.load`` reads as is.
 """
 
 from __future__ import annotations
@@ -29,15 +30,19 @@ from merger import external
 from merger.engine import ProgressFn, check_outputs, metadata_files, run_shards
 from merger.errors import MergeError, SourcesChangedError
 from merger.formats import CheckpointLayout, open_checkpoint
+from merger.formats.dcp_writer import TRACKER_NAME, megatron_iteration_dir
 from merger.manifest import build_manifest
 from merger.plan import MergePlan, plan_merge
 from merger.provenance import AnnealSelection
 from merger.stats import MergeStats
 from theory import CurveSpec, format_tokens, select_checkpoints
 from wsm.store import ArtifactNotFoundError, CheckpointManifest, ModelManifest, Store, layout
+from wsm.store.publish import HashingWriter
 from wsm.store.publish import Publisher as StorePublisher
 
 log = logging.getLogger(__name__)
+
+COPY_BLOCK = 8 * 2**20
 
 
 class Listing(Protocol):
@@ -181,6 +186,20 @@ def published_model(store: Store, selection: AnnealSelection, name: str) -> Mode
     return model
 
 
+def _store_name(plan: MergePlan, filename: str) -> str:
+    """Where an output file goes in the model directory: a ``torch_dist`` output in Megatron-LM's
+    layout (``iter_<N>/<file>`` beside the tracker, as the trainer's checkpoints, so
+    ``layout.dcp_dir_of`` finds it); safetensors files at the top."""
+    if plan.out_format != "torch_dist":
+        return filename
+    return f"{megatron_iteration_dir(plan)[0]}/{filename}"
+
+
+def _open(pub: StorePublisher[ModelManifest], plan: MergePlan, filename: str) -> HashingWriter:
+    name = _store_name(plan, filename)
+    return pub.open_in_tree(name) if "/" in name else pub.open(name)
+
+
 def _publish(
     store: Store,
     plan: MergePlan,
@@ -209,7 +228,10 @@ def _publish(
         stats = write(pub)
         # Metadata last (index; DCP's common.pt, metadata.json, then .metadata), data never re-read.
         for filename, data in metadata_files(plan).items():
-            pub.write_bytes(filename, data)
+            with _open(pub, plan, filename) as f:
+                f.write(data)
+        if plan.out_format == "torch_dist":
+            pub.write_bytes(TRACKER_NAME, megatron_iteration_dir(plan)[1].encode())
         pub.update(
             timings={k: float(v) for k, v in stats.timings.items()},
             bytes_read=stats.bytes_read,
@@ -242,7 +264,7 @@ def publish_merge(
             """Adapts the publisher's hashing writer (close = complete the upload)."""
 
             def __init__(self, filename: str) -> None:
-                self._w = pub.open(filename)
+                self._w = _open(pub, plan, filename)
 
             def write(self, data: memoryview) -> int | None:
                 return self._w.write(data)
@@ -276,7 +298,13 @@ def publish_parts(
         check_outputs(plan, scratch)
         written = {str(f["name"]): f.get("sha256") for f in stats.files}
         for shard in plan.shards:
-            entry = pub.put_file(shard.filename, os.path.join(scratch, shard.filename))
+            with (
+                open(os.path.join(scratch, shard.filename), "rb") as src,
+                _open(pub, plan, shard.filename) as dst,
+            ):
+                while block := src.read(COPY_BLOCK):
+                    dst.write(block)
+            entry = next(f for f in pub.files if f.name == _store_name(plan, shard.filename))
             # The parts hashed what they wrote: a shard that changed on the scratch disk since is
             # refused here, before the manifest makes anything visible.
             expected = written.get(shard.filename)

@@ -27,9 +27,7 @@ __all__ = [
     "open_checkpoint",
 ]
 
-_NOT_FORMATS = frozenset(
-    {"base", "dtypes", "sources", "output", "torch_save", "dcp_writer", "megatron_names"}
-)
+_NOT_FORMATS = frozenset({"base", "dtypes", "sources", "output", "torch_save", "dcp_writer"})
 
 
 @lru_cache(maxsize=1)

@@ -73,7 +73,7 @@ def records(plan: MergePlan, shard: ShardPlan) -> list[OutRecord]:
     out = []
     for name in shard.tensors:
         t = plan.tensor(name)
-        for c in sorted(ref.tensors[t.src].chunks, key=lambda c: c.offsets):
+        for c in sorted(ref.tensors[name].chunks, key=lambda c: c.offsets):
             out.append(OutRecord(name, t.out_dtype, c.sizes, c.offsets))
     newest = plan.newest_input
     out += [OutRecord(i, "", (), None, newest.items[i].nbytes) for i in shard.items]

@@ -62,3 +62,20 @@ def test_finalize_refuses_missing_shards(tmp_path: Path) -> None:
     stats = merge_part(parts[0], str(tmp_path / "out"))
     with pytest.raises(MergeError, match="shard missing"):
         finalize_sharded(parts[0].plan, str(tmp_path / "out"), [stats])
+
+
+def test_plans_written_before_output_formats_still_load(tmp_path: Path) -> None:
+    """A plan shipped by an older planner (no output format, newest input, items or tensor sources)
+    executes as the safetensors merge it was."""
+    plan = plan_merge(_paths(tmp_path), [0.25] * 4)
+    old = json.loads(json.dumps(plan.to_dict()))
+    for key in ("out_format", "newest"):
+        del old[key]
+    old["tensors"] = [t[:4] for t in old["tensors"]]
+    for s in old["shards"]:
+        del s["items"]
+    back = MergePlan.from_dict(old)
+    assert back.out_format == "safetensors" and back.newest_input.uri == plan.newest_input.uri
+    execute_merge(back, tmp_path / "old")
+    execute_merge(plan, tmp_path / "new")
+    assert read_tree(tmp_path / "old") == read_tree(tmp_path / "new")

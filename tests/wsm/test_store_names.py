@@ -117,21 +117,3 @@ def test_split_artifact_dir_accepts_only_whole_artifact_dirs() -> None:
     )
     for not_a_dir in ("runs/r/models/m/model.safetensors", "runs/r/models", "runs/r/pins/j", "elsewhere"):
         assert layout.split_artifact_dir(not_a_dir) is None
-
-
-def test_dcp_file_names_are_allowed_in_artifacts_only_as_files() -> None:
-    """A torch_dist model is a DCP directory: its files keep DCP's names (``.metadata``,
-    ``__<rank>_<i>.distcp``); nothing else hidden gets in, and never as a directory."""
-    from wsm.store.names import validate_file_name, validate_relpath
-
-    for name in (".metadata", "__0_0.distcp", "__12_3.distcp", "model.safetensors"):
-        assert validate_file_name(name) == name
-        assert validate_relpath(f"runs/r/models/m/{name}") == f"runs/r/models/m/{name}"
-    for bad in (".tmp-x", ".metadata2", "__0.distcp", "_x", "__0_0.distcp/x", "../.metadata"):
-        with pytest.raises(InvalidNameError):
-            validate_file_name(bad)
-    # Paths inside a format's directory tree may have such components (docs/STORE.md); staging,
-    # trash and traversal never.
-    for bad_path in ("runs/r/.tmp-a", "runs/r/.trash-b/x", "runs/../x", "runs//x"):
-        with pytest.raises(InvalidNameError):
-            validate_relpath(bad_path)

@@ -69,9 +69,10 @@ def test_local_trees_are_linked_not_copied_and_an_abort_keeps_the_source(
     assert published is not None and os.stat(published).st_ino == os.stat(src / "common.pt").st_ino
 
 
-@pytest.mark.parametrize("bad", ["a/b", ".hidden", "_x", ".metadata2", "__0.distcp"])
+@pytest.mark.parametrize("bad", [".metadata", "a/b", "__0_0.distcp", ".hidden", "_x"])
 def test_single_files_keep_the_strict_names(local_store: Store, bad: str) -> None:
-    """A single file has a safe name, or exactly one of DCP's (a torch_dist model is a DCP directory)."""
+    """A single file has a safe name; DCP's names only occur inside a format's tree (a torch_dist
+    checkpoint or model is Megatron's ``iter_<N>/`` layout)."""
     with pytest.raises(InvalidNameError), local_store.publish_checkpoint("r1", 1) as pub:
         pub.write_bytes(bad, b"x")
 

@@ -22,11 +22,6 @@ TOKEN_WIDTH = 18
 
 _TOKENS_RE = re.compile(rf"^[0-9]{{{TOKEN_WIDTH}}}$")
 
-_DCP_FILE_RE = re.compile(r"^(\.metadata|__[0-9]{1,9}_[0-9]{1,9}\.distcp)$")
-"""PyTorch DCP's own file names, which a file of an artifact may have although they start with a
-dot or an underscore: a ``torch_dist`` model is a DCP directory (``.metadata``, which readers look
-for, and Megatron's ``__<rank>_<i>.distcp``)."""
-
 
 class InvalidNameError(ValueError):
     """A run, artifact, job or file name (or a store path) that is not allowed."""
@@ -46,13 +41,6 @@ def validate_name(value: object, what: str = "name") -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or ".." in value:
         raise InvalidNameError(what, value)
     return value
-
-
-def validate_file_name(value: object, what: str = "file name") -> str:
-    """A file name inside an artifact: a safe name (:func:`validate_name`), or one of DCP's."""
-    if isinstance(value, str) and _DCP_FILE_RE.fullmatch(value):
-        return value
-    return validate_name(value, what)
 
 
 def validate_relpath(value: object, what: str = "store path") -> str:

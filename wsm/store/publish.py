@@ -26,7 +26,7 @@ from wsm.store import backend, layout
 from wsm.store.checksums import ChecksumWriter
 from wsm.store.errors import ArtifactExistsError, StoreError
 from wsm.store.manifests import FileEntry, Manifest
-from wsm.store.names import validate_file_name, validate_tree_path
+from wsm.store.names import validate_name, validate_tree_path
 
 if TYPE_CHECKING:
     from wsm.store.store import Store
@@ -132,7 +132,7 @@ class Publisher(Generic[M]):
 
     def open(self, name: str, *, block_size: int | None = None) -> HashingWriter:
         """A streaming writer for data file ``name`` (large files go up as multipart on S3)."""
-        return self._open_file(validate_file_name(name, "file name"), block_size)
+        return self._open_file(validate_name(name, "file name"), block_size)
 
     def _open_file(self, name: str, block_size: int | None = None) -> HashingWriter:
         staging = self._require_started()
@@ -157,6 +157,12 @@ class Publisher(Generic[M]):
         self._open[name] = writer
         self._opened.add(name)
         return writer
+
+    def open_in_tree(self, name: str, *, block_size: int | None = None) -> HashingWriter:
+        """:meth:`open` for a file of a format's directory tree (``iter_0000100/__0_0.distcp``),
+        streamed rather than copied from a local tree (:meth:`put_tree`): a merge writing
+        Megatron's layout (merger/store_io.py)."""
+        return self._open_file(validate_tree_path(name, "file name"), block_size)
 
     def write_bytes(self, name: str, data: bytes) -> FileEntry:
         with self.open(name) as f:

@@ -86,16 +86,6 @@ def _iter_dir(out: Path) -> Path:
     return out / f"iter_{int((out / 'latest_checkpointed_iteration.txt').read_text()):07d}"
 
 
-def _restack(tensors: dict[str, torch.Tensor], plan: MergePlan) -> dict[str, torch.Tensor]:
-    """Per-layer output tensors stacked back under their Megatron names."""
-    whole = {t.src: tensors[t.name] for t in plan.tensors if t.layer is None}
-    layers: dict[str, dict[int, torch.Tensor]] = {}
-    for t in plan.tensors:
-        if t.layer is not None:
-            layers.setdefault(t.src, {})[t.layer] = tensors[t.name]
-    return whole | {k: torch.stack([v[i] for i in range(len(v))]) for k, v in layers.items()}
-
-
 # --- merged tensors against a float64 reference ----------------------------------------------------
 
 
@@ -115,9 +105,8 @@ def test_megatron_merge_matches_float64_reference(
     dtypes = {k: t.dtype for k, t in in_layout.tensors.items()}
     ref = _reference(paths, weights)
     if out_format == "safetensors":
-        # TP=2 row-parallel weights are split along dimension 1: assembled into whole tensors,
-        # written one per layer (restacked here to compare with the global tensors)
-        got = _restack(load_file(str(tmp_path / "out" / "model.safetensors")), plan)
+        # TP=2 row-parallel weights are split along dimension 1: assembled into whole tensors
+        got = load_file(str(tmp_path / "out" / "model.safetensors"))
         manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
         assert manifest["dropped_items"] == sorted(in_layout.items)
     else:
@@ -222,38 +211,29 @@ def test_torch_dist_output_loads_into_gptmodel_with_reference_logits(
     assert common["iteration"] == ITERATIONS[dtype][-1] and common["args"].tensor_model_parallel_size == tp
     prov = common[PROVENANCE_KEY]
     assert prov["weights"] == weights and [i["uri"] for i in prov["inputs"]] == [str(p) for p in paths]
+    # written before the merge knows what it verified, so it does not claim either way
+    assert all("verified" not in i for i in prov["inputs"])
+    manifest = json.loads((_iter_dir(tmp_path / "out") / MANIFEST_NAME).read_text())
+    assert [i["verified"] for i in manifest["inputs"]] == [False] * len(paths)  # files outside the store
 
 
-def test_safetensors_output_of_megatron_inputs_is_a_gptmodel_state_dict(
+def test_safetensors_output_of_megatron_inputs_loads_through_the_trainer_names(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """One tensor per layer under the trainer's local-spec names: GPTModel.load_state_dict takes
-    it as is (strict), and gives the logits of the torch_dist output loaded by Megatron."""
+    """The safetensors merge keeps Megatron's stacked names; the trainer's one mapping of them
+    (``from_dist_names``) gives a GPTModel state_dict with the logits of the torch_dist merge."""
+    from trainer.weights import from_dist_names
+
     paths = _inputs(_run(request, 2), "fp32")
-    plan = plan_merge(paths, WEIGHTS["fp32"])
-    execute_merge(plan, tmp_path / "st")
+    execute_merge(plan_merge(paths, WEIGHTS["fp32"]), tmp_path / "st")
     execute_merge(plan_merge(paths, WEIGHTS["fp32"], out_format="torch_dist"), tmp_path / "dcp")
     tensors = load_file(str(tmp_path / "st" / "model.safetensors"))
+    assert "decoder.layers.self_attention.linear_proj.weight" in tensors  # TP=2 split along dim 2
     model = _gpt(False, seed=5)
-    expected = {k for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
-    assert set(tensors) == expected
-    assert "decoder.layers.1.input_layernorm.weight" in tensors and plan.tensor(
-        "decoder.layers.1.input_layernorm.weight"
-    ).src == ("decoder.layers.self_attention.linear_qkv.layer_norm_weight")
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing, unexpected = model.load_state_dict(from_dist_names(tensors), strict=False)
     assert not unexpected and all(k.endswith("_extra_state") for k in missing)
     via_megatron = _megatron_load(_gpt(False, seed=6), _iter_dir(tmp_path / "dcp"))
     torch.testing.assert_close(_logits(model), _logits(via_megatron), rtol=0, atol=0)
-    # the names travel with a plan shipped as JSON, and parts give the same bytes
-    parts = plan.split(2)
-    for p in parts:
-        merge_part(
-            type(p)(MergePlan.from_dict(json.loads(json.dumps(p.plan.to_dict()))), p.index, p.shard_indices),
-            str(tmp_path / "parts"),
-        )
-    finalize_sharded(parts[0].plan, str(tmp_path / "parts"), [])
-    execute_merge(parts[0].plan, tmp_path / "one")
-    assert _tree(tmp_path / "parts") == _tree(tmp_path / "one")
 
 
 # --- the copy policy on plain DCP -------------------------------------------------------------------

@@ -21,7 +21,7 @@ from merger.manifest import MANIFEST_NAME
 from merger.provenance import AnnealSelection
 from merger.store_io import publish_merge
 from theory import CurveSpec, select_checkpoints
-from wsm.store import Store
+from wsm.store import Store, layout
 
 WEIGHTS = [0.2, 0.3, 0.5]
 
@@ -123,25 +123,31 @@ def test_publish_to_the_store_in_either_format(
     store.verify(manifest)  # sizes and sha256 of every file, .metadata included
     names = sorted(f.name for f in manifest.files)
     if out_format == "torch_dist":
-        assert names == [".metadata", "__0_0.distcp", "common.pt", "metadata.json"]
+        # Megatron-LM's layout, as the store keeps Megatron checkpoints
+        iter_dir = "iter_0000300"
+        assert names == [
+            f"{iter_dir}/{n}" for n in (".metadata", "__0_0.distcp", "common.pt", "metadata.json")
+        ] + ["latest_checkpointed_iteration.txt"]
+        assert layout.dcp_dir_of(names) == iter_dir
+        assert store.read_file(manifest, "latest_checkpointed_iteration.txt") == b"300"
     else:
         assert names == ["model.safetensors"]
     assert manifest.config["format"] == out_format and manifest.bytes_read == plan.bytes_to_read
     assert manifest.config["merge"]["skipped"] == plan.skipped
     # the same bytes as a local merge of the same plan
     execute_merge(plan, tmp_path / "local")
-    local = tmp_path / "local" / ("iter_0000300" if out_format == "torch_dist" else "")
+    local = tmp_path / "local"
     for name in names:
         assert store.read_file(manifest, name) == (local / name).read_bytes(), name
     if out_format == "torch_dist" and store.is_local:
         # Megatron reads the published model directory as it is
         from torch.distributed.checkpoint.state_dict_loader import load
 
-        path = os.path.dirname(store.local_path(manifest.path(".metadata")) or "")
+        path = os.path.dirname(store.local_path(manifest.path(f"{iter_dir}/.metadata")) or "")
         state = {"embedding.word_embeddings.weight": torch.empty(128, 64, dtype=torch.bfloat16)}
         load(state, checkpoint_id=path, no_dist=True)
         ref = {"embedding.word_embeddings.weight": torch.empty(128, 64, dtype=torch.bfloat16)}
-        load(ref, checkpoint_id=str(local), no_dist=True)
+        load(ref, checkpoint_id=str(local / iter_dir), no_dist=True)
         assert torch.equal(state["embedding.word_embeddings.weight"], ref["embedding.word_embeddings.weight"])
 
 
@@ -164,3 +170,21 @@ def test_a_failed_merge_publishes_nothing(
     assert local_store.list_models("ext") == []
     models = local_store.full_path("runs/ext/models")
     assert not os.path.exists(models) or os.listdir(models) == []  # no staging left either
+
+
+def test_split_merge_publishes_the_same_tree(
+    megatron_merge_tp2: Path, local_store: Store, tmp_path: Path
+) -> None:
+    """Parts write their files into a scratch directory; the final step publishes them in
+    Megatron's layout with the metadata: the same bytes as one process publishing."""
+    from merger import merge_part
+    from merger.store_io import publish_parts
+
+    paths = [megatron_merge_tp2 / "bf16" / f"iter_{it:07d}" for it in BF16_ITERATIONS]
+    layouts, sel = _selection(paths)
+    parts = plan_merge(layouts, list(sel.weights), selection=sel, out_format="torch_dist").split(2)
+    stats = [merge_part(p, str(tmp_path / "scratch")) for p in parts]
+    split = publish_parts(local_store, parts[0].plan, str(tmp_path / "scratch"), stats, name="split")
+    one, _ = publish_merge(local_store, parts[0].plan, name="one")
+    assert [(f.name, f.sha256) for f in split.files] == [(f.name, f.sha256) for f in one.files]
+    assert sum(f.name.endswith(".distcp") for f in split.files) == 2
