@@ -124,6 +124,13 @@ class _Reader:
     def read_item(self, i: int, name: str) -> memoryview:
         return self._read(*self._locate_item(i, name))
 
+    def uris(self, w: Work) -> list[str]:
+        """The file each input reads this work item from, to name it in errors."""
+        if w.tensor is None or not w.pieces:
+            return [ck.uri for ck in self.plan.inputs]
+        name, key = w.name, w.pieces[0].chunk
+        return [ck.files[self._chunks[i][name][key].file].uri for i, ck in enumerate(self.plan.inputs)]
+
     def check_now(self, plan: MergePlan, w: Work) -> None:
         """Verify at once every block this work item was read from (corruption is the truer reason)."""
         if self.verifier is not None and w.tensor is not None:
@@ -229,13 +236,13 @@ def _compute(
     acc_dtype: torch.dtype,
     compute: ThreadPoolExecutor | None,
     workers: int,
+    files: Sequence[str] | None = None,
 ) -> torch.Tensor | bytes:
-    """The output bytes of one block: merged (float), copied (non-float, byte item)."""
+    """The output bytes of one block: merged (float), copied (non-float, byte item); with ``files``
+    (the file each input reads it from), NaN or Inf in a float block is refused, naming the file."""
     t = work.tensor
     if t is None:
         return bytes(views[0][0])
-
-    files = None if plan.allow_nonfinite else _files_of(plan, t.name, work)
 
     def one(p: Piece, vs: list[memoryview]) -> torch.Tensor:
         if t.is_float:
@@ -258,16 +265,6 @@ def sources_of(plan: MergePlan, w: Work) -> list[int]:
     if w.tensor is not None and w.tensor.is_float:
         return list(range(len(plan.inputs)))
     return [plan.newest % len(plan.inputs)]
-
-
-def _files_of(plan: MergePlan, name: str, w: Work) -> list[str]:
-    """The file each input reads this work item from, to name it in errors."""
-    key = w.pieces[0].chunk if w.pieces else None
-    out = []
-    for ck in plan.inputs:
-        chunks = {c.offsets: c for c in ck.tensors[name].chunks}
-        out.append(ck.files[chunks[key].file].uri if key in chunks else ck.uri)
-    return out
 
 
 def _prefetch_depth(reader: _Reader) -> int:
@@ -356,7 +353,8 @@ def run_shards(
                 views = [[f.result() for f in per_piece] for per_piece in futs]
                 t = watch.add("wait_read", t)
                 try:
-                    out = _compute(w, views, plan, acc_dtype, compute, workers)
+                    files = None if plan.allow_nonfinite else reader.uris(w)
+                    out = _compute(w, views, plan, acc_dtype, compute, workers, files)
                 except NonFiniteError:
                     reader.check_now(plan, w)  # corrupt bytes are the truer reason, if they are one
                     raise

@@ -149,25 +149,19 @@ def megatron_run(save_dir: Path, tp: int) -> None:
         save_megatron_iteration(save_dir, iteration, tp=tp, bf16=bf16, optimizer=optimizer)
 
 
-def megatron_run_torchrun(save_dir: Path, tp: int) -> None:
-    """:func:`megatron_run` in ``tp`` gloo processes under torchrun (this file as the script)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(tp),
-        __file__,
-        "--tp",
-        str(tp),
-        "--out",
-        str(save_dir),
-    ]
+def torchrun_script(script: str, save_dir: Path, tp: int, timeout: float) -> None:
+    """Run a fixture ``script`` (its ``--tp``/``--out`` main) in ``tp`` gloo processes under torchrun."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(tp)]
+    cmd += [script, "--tp", str(tp), "--out", str(save_dir)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun save failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+
+
+def megatron_run_torchrun(save_dir: Path, tp: int) -> None:
+    """:func:`megatron_run` in ``tp`` gloo processes under torchrun (this file as the script)."""
+    torchrun_script(__file__, save_dir, tp, timeout=500)
 
 
 class TinyLM(torch.nn.Module):

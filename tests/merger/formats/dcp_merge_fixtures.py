@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,24 +40,7 @@ def merge_run(save_dir: Path, tp: int) -> None:
 
 def merge_run_torchrun(save_dir: Path, tp: int) -> None:
     """:func:`merge_run` in ``tp`` gloo processes under torchrun (this file as the script)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(tp),
-        __file__,
-        "--tp",
-        str(tp),
-        "--out",
-        str(save_dir),
-    ]
-    root = dcp_fixtures.ROOT
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"torchrun save failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    dcp_fixtures.torchrun_script(__file__, save_dir, tp, timeout=900)
 
 
 def cached_run(tp: int) -> Path:
