@@ -5,6 +5,11 @@ the run's tokenised evaluation data are loaded once (trainer/evaluate.py caches 
 and config), not once per model. Each MODEL is a store directory (``runs/r/checkpoints/000000000000204800``, ``runs/r/models/anneal-80B``)
 or a short spec: ``RUN`` (newest checkpoint), ``RUN/latest``, ``RUN/TOKENS`` (a checkpoint by token
 count, e.g. ``r/200k``) or ``RUN/NAME`` (an annealed or baseline model).
+
+MODEL may also be a Hugging Face Llama directory, e.g. a ``wsm export`` or a mergekit merge of
+exports (``./merged``): it is evaluated in the context of a run, whose tokenizer, held-out data and
+pre-training LR the evaluation uses, and its record is stored with that run's evaluations as
+``hf:<absolute path>``. The run is ``--run``, or the one a ``wsm export`` wrote into its config.
 """
 
 from __future__ import annotations
@@ -22,16 +27,33 @@ log = logging.getLogger(__name__)
 
 MODEL_HELP = (
     "store dir (runs/R/checkpoints/T, runs/R/models/N) or RUN, RUN/latest, RUN/TOKENS (e.g. r1/200k), "
-    "RUN/NAME (model)"
+    "RUN/NAME (model), or a Hugging Face Llama directory (./DIR)"
+)
+RUN_HELP = (
+    "the run whose tokenizer and data go with a Hugging Face directory MODEL "
+    "(default: the run its config names, as `wsm export` writes it)"
 )
 
 
-def parse_model_spec(store: Any, spec: str) -> tuple[str, str]:
-    """``(run, store-relative model dir)`` of a MODEL argument (see the module docstring)."""
+def parse_model_spec(store: Any, spec: str, run: str | None = None) -> tuple[str, str]:
+    """``(run, model dir)`` of a MODEL argument (see the module docstring); ``run`` is for a
+    Hugging Face directory, whose model dir is ``hf:<absolute path>``."""
+    from trainer import hf_dir
     from trainer.load import available, get_run, split_model_dir
     from trainer.units import parse_tokens
     from wsm.store import checkpoint_name, layout
 
+    if hf_dir.looks_like_hf_dir(spec):
+        model = hf_dir.open_hf_dir(spec)
+        run = run or model.run_hint
+        if run is None:
+            runs = ", ".join(r.run for r in store.list_runs()) or "none"
+            raise ValueError(
+                f"{model.path} is a Hugging Face directory: name the run whose tokenizer and data "
+                f"evaluate it with --run RUN (runs: {runs})"
+            )
+        get_run(store, run)
+        return run, model.dir
     spec = spec.strip().rstrip("/")
     if spec.startswith("runs/"):
         run, _, _ = split_model_dir(spec)
@@ -89,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     store = open_store(args.store)
     # Every argument is checked (the model exists) before the first, slow, evaluation starts.
-    targets = list(dict.fromkeys(parse_model_spec(store, spec) for spec in args.model))
+    targets = list(dict.fromkeys(parse_model_spec(store, spec, args.run) for spec in args.model))
     for run, model_dir in targets:
         resolve(store, run, model_dir)
     config = load_eval_config(args.config, args.set, args.suite)
@@ -156,6 +178,7 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="override a config field, e.g. sft.lr=1e-4 or sharpness.samples=10",
     )
+    parser.add_argument("--run", help=RUN_HELP)
     parser.add_argument("--store", help="store URL (default WSM_STORE_URL)")
     parser.add_argument("--force", action="store_true", help="recompute and replace a stored result")
     parser.add_argument("--threads", type=int, help="torch CPU threads")

@@ -3,7 +3,9 @@
 A *model dir* is the store-relative directory of a checkpoint (``runs/r/checkpoints/000…``) or of an
 annealed/baseline model (``runs/r/models/name``). Both hold full tensors under megatron's local-spec
 names (one ``model.safetensors`` or HF-style shards), and the run manifest says the shape and
-where the tokenizer is, so the same code reads both.
+where the tokenizer is, so the same code reads both. A Hugging Face directory (``hf:<path>``,
+:mod:`trainer.hf_dir`, e.g. a mergekit output) is exported again with its run's tokenizer and chat
+template, in the dtype asked for.
 
 HF mapping (see the shared megatron notes): the fused ``linear_qkv`` rows are grouped by query
 group (that group's query heads, then one key head, then one value head); ``linear_fc1`` is
@@ -25,6 +27,7 @@ from safetensors.torch import save_file
 
 from trainer.chat import CHAT_TEMPLATE
 from trainer.config import ModelConfig
+from trainer.hf_dir import RUN_KEY
 from trainer.load import StoredModel, load_weights, resolve
 from trainer.tokenizer import ROLE_TOKENS, eod_id, hf_tokenizer, pad_id, role_tokens
 from wsm.store import Store
@@ -143,6 +146,9 @@ def _write_hf_dir(store: Store, sm: StoredModel, out: Path, dtype: str) -> None:
     )
     eos = eod_id(tok)
     config = hf_config(sm.model_cfg, vocab, eos, pad_id(tok), dtype)
+    # Which run's data and tokenizer go with these weights: `wsm evaluate DIR` reads it back, and
+    # mergekit keeps the base model's config, so a merge of exports still names its run.
+    config[RUN_KEY] = sm.run.run
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": eos, "eos_token_id": eos, "do_sample": False})

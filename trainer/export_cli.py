@@ -4,6 +4,10 @@ OUT gets ``config.json``, ``model.safetensors``, ``generation_config.json`` and 
 (``tokenizer.json``, ``tokenizer_config.json`` with the SFT chat template, whose role markers are
 special tokens), loadable by ``transformers.AutoModelForCausalLM`` and hence by lm-evaluation-harness
 and vLLM. Files are 0644 and directories 0755, like any other model download.
+
+MODEL may also be a Hugging Face Llama directory (a mergekit output, say): it is written again with
+its run's tokenizer, chat template and special tokens, in the dtype asked for (``--run`` names the
+run, unless a ``wsm export`` recorded it in the directory's config).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
     from wsm.store import open_store
 
     store = open_store(args.store)
-    run, model_dir = parse_model_spec(store, args.model)
+    run, model_dir = parse_model_spec(store, args.model, args.run)
     out = export_hf(store, run, model_dir, args.hf, dtype=args.dtype)
     print(f"{model_dir} -> {out}")
     return 0
@@ -26,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``wsm export``."""
-    from trainer.eval_cli import MODEL_HELP
+    from trainer.eval_cli import MODEL_HELP, RUN_HELP
 
     parser = subparsers.add_parser(
         "export",
@@ -44,5 +48,6 @@ def register(subparsers: Any) -> None:
         choices=["float32", "bfloat16", "float16"],
         help="weights dtype (default float32)",
     )
+    parser.add_argument("--run", help=RUN_HELP)
     parser.add_argument("--store", help="store URL (default WSM_STORE_URL)")
     parser.set_defaults(func=_run)

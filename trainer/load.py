@@ -9,7 +9,9 @@ the layout:
   range through the merger's DCP reader (:func:`trainer.dist_load.read_weights`);
 * one ``model.safetensors`` or HF-style shards: legacy checkpoints, baselines and merged models.
   A merge of ``torch_dist`` checkpoints keeps megatron's checkpoint names (layers stacked), which
-  are mapped back (:func:`trainer.weights.from_dist_names`).
+  are mapped back (:func:`trainer.weights.from_dist_names`);
+* a Hugging Face Llama directory outside the store (``hf:<path>``, :mod:`trainer.hf_dir`), read in
+  the context of a run: its shape from its ``config.json``, the run's tokenizer and held-out data.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from megatron.core.models.gpt import GPTModel
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from trainer import external
+from trainer import external, hf_dir
 from trainer.config import DataConfig, ModelConfig
 from trainer.distributed import init_distributed
 from trainer.model import build_model
@@ -41,7 +43,7 @@ class StoredModel:
 
     run: RunManifest
     model_dir: str
-    manifest: CheckpointManifest | ModelManifest
+    manifest: CheckpointManifest | ModelManifest | hf_dir.HFModelDir
     model_cfg: ModelConfig
     padded_vocab: int
     tokenizer_path: Path
@@ -50,6 +52,8 @@ class StoredModel:
     def weight_sha256(self) -> list[str]:
         """sha256 of every weights file, by file name: what the evaluation cache key is built from
         (for a ``torch_dist`` checkpoint, every file of its DCP directory)."""
+        if isinstance(self.manifest, hf_dir.HFModelDir):
+            return self.manifest.weight_sha256
         if isinstance(self.manifest, CheckpointManifest) and self.manifest.location is not None:
             return [self.manifest.location.identity]  # an external checkpoint (trainer/external.py)
         dcp = layout.dcp_dir_of(f.name for f in self.manifest.files)
@@ -122,7 +126,10 @@ def resolve(store: Store, run: str, model_dir: str, cache_dir: str | None = None
     """Read the manifests of ``model_dir`` (which must belong to ``run``) and fetch the run's tokenizer.
 
     A missing run, checkpoint or model raises :class:`ModelNotFoundError` naming what the store has.
+    ``model_dir`` may also be a Hugging Face directory (``hf:<path>``), read in the context of ``run``.
     """
+    if hf_dir.is_model_dir(model_dir):
+        return _resolve_hf_dir(store, run, model_dir, cache_dir)
     dir_run, kind, name = split_model_dir(model_dir)
     if dir_run != run:
         raise ValueError(f"{model_dir!r} is not in run {run!r}")
@@ -154,6 +161,30 @@ def resolve(store: Store, run: str, model_dir: str, cache_dir: str | None = None
     )
 
 
+def _resolve_hf_dir(store: Store, run: str, model_dir: str, cache_dir: str | None) -> StoredModel:
+    """A Hugging Face directory with ``run``'s tokenizer and data: the run's sequence length, so
+    that its pre-training validation is the very sequences the run's own models are scored on."""
+    run_manifest = get_run(store, run)
+    if run_manifest.source is not None and not run_manifest.tokenizer.get("file"):
+        raise ValueError(
+            f"run {run!r} has no tokenizer registered, so no model can be evaluated in its context: "
+            "register one with `wsm runs add ... --tokenizer PATH --overwrite`"
+        )
+    model = hf_dir.open_hf_dir(model_dir)
+    tokenizer_path = fetch_tokenizer(store, run_manifest, cache_dir)
+    hf_dir.check_tokenizer(model, load_tokenizer(tokenizer_path), run)
+    model_cfg = model.model_cfg
+    if run_manifest.source is None:
+        seq_length = run_model_config(run_manifest)[0].seq_length
+        if seq_length > model_cfg.seq_length:
+            raise ValueError(
+                f"{model.path}: max_position_embeddings={model_cfg.seq_length} is shorter than the "
+                f"sequence length of run {run!r} ({seq_length})"
+            )
+        model_cfg = model_cfg.model_copy(update={"seq_length": seq_length})
+    return StoredModel(run_manifest, model.dir, model, model_cfg, model.vocab_size, tokenizer_path)
+
+
 def fetch_tokenizer(store: Store, run: RunManifest, cache_dir: str | None = None) -> Path:
     """The run's ``tokenizer.json`` in the local cache, keyed by its sha256 (a stable path, so data
     caches keyed by the tokenizer file stay valid across evaluations)."""
@@ -176,9 +207,13 @@ def _is_weights_file(name: str) -> bool:
     return name.endswith(".safetensors") and not name.startswith("train_state")
 
 
-def load_weights(store: Store, manifest: CheckpointManifest | ModelManifest) -> dict[str, torch.Tensor]:
+def load_weights(
+    store: Store, manifest: CheckpointManifest | ModelManifest | hf_dir.HFModelDir
+) -> dict[str, torch.Tensor]:
     """Full canonical tensors of a checkpoint or model (either checkpoint layout, single file or
-    shards), verified."""
+    shards, or a Hugging Face directory), verified."""
+    if isinstance(manifest, hf_dir.HFModelDir):
+        return hf_dir.load_weights(manifest)
     if isinstance(manifest, CheckpointManifest) and manifest.location is not None:
         return external.load_dcp(store, manifest)  # an external run's checkpoint, read where it lies
     if isinstance(manifest, CheckpointManifest) and layout.dcp_dir_of(f.name for f in manifest.files):

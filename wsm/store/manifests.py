@@ -282,7 +282,8 @@ class EvalManifest(Manifest):
     run: str
     name: str
     model_id: str
-    """Store-relative directory of what was evaluated, e.g. ``runs/r1/models/anneal-80B``."""
+    """Store-relative directory of what was evaluated, e.g. ``runs/r1/models/anneal-80B``; or, for a
+    Hugging Face directory evaluated in the run's context, ``hf:<absolute path>``."""
     config: JsonDict = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=list)
     metrics: dict[str, float] = Field(default_factory=dict)

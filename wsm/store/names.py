@@ -43,6 +43,21 @@ def validate_name(value: object, what: str = "name") -> str:
     return value
 
 
+OUTSIDE_MODEL_PREFIX = "hf:"
+"""Model id of a model outside the store that was evaluated in a run's context: ``hf:<absolute path>``
+of a Hugging Face directory (``wsm evaluate ./merged``). The only model id that is not a store path."""
+
+
+def validate_model_id(value: object) -> str:
+    """A store-relative model dir, or :data:`OUTSIDE_MODEL_PREFIX` and an absolute path on one line."""
+    if isinstance(value, str) and value.startswith(OUTSIDE_MODEL_PREFIX):
+        path = value[len(OUTSIDE_MODEL_PREFIX) :]
+        if not path.startswith("/") or not path.isprintable() or "/../" in f"{path}/":
+            raise InvalidNameError("model id", value, "must be hf: and an absolute, normalised path")
+        return value
+    return validate_relpath(value, "model id")
+
+
 def validate_relpath(value: object, what: str = "store path") -> str:
     """Validate a store-relative path such as ``runs/r1/checkpoints/000…/iter_0000100/.metadata``.
 

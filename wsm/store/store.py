@@ -31,7 +31,7 @@ from wsm.store.manifests import (
     RunManifest,
     utcnow,
 )
-from wsm.store.names import is_checkpoint_name, validate_name, validate_relpath
+from wsm.store.names import is_checkpoint_name, validate_model_id, validate_name, validate_relpath
 from wsm.store.publish import Publisher
 from wsm.store.retention import RetentionPolicy, select_deletions
 
@@ -282,7 +282,7 @@ class Store(FileStore):
     def publish_eval(
         self, run: str, name: str, *, model_id: str, overwrite: bool = False, **fields: Any
     ) -> Publisher[EvalManifest]:
-        validate_relpath(model_id, "model id")
+        validate_model_id(model_id)
         pub = Publisher(self, EvalManifest, layout.eval_dir(run, name), {}, overwrite)
         pub.update(**fields, run=run, name=name, model_id=model_id)
         return pub

@@ -12,9 +12,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.trainer.sft.conftest import TinyRun
+from tests.trainer.sft.conftest import TinyRun, fast_eval_config
+from trainer.eval_cli import parse_model_spec
+from trainer.evaluate import evaluate_model
 from wsm.cli import main
 from wsm.store import layout
+
+_LOSS_ONLY = fast_eval_config(run_sft=False, sharpness={"enabled": False})
 
 
 def _more_checkpoints(tiny_run: TinyRun) -> tuple[int, int]:
@@ -61,3 +65,13 @@ def test_mergekit_yaml_for_a_store_run(tiny_run: TinyRun, tmp_path: Path) -> Non
     for name, value in merged.items():
         torch.testing.assert_close(value.float(), 0.5 * a[name].float() + 0.5 * b[name].float())
     assert layout.MODEL_FILE  # the store layout is untouched by the export
+
+    # The merge is evaluated like any model of the run, which mergekit's copy of the config names.
+    ckpt = tiny_run.store.get_checkpoint(tiny_run.run, first)
+    expected = evaluate_model(tiny_run.store, tiny_run.run, ckpt.dir, _LOSS_ONLY)
+    assert parse_model_spec(tiny_run.store, str(out)) == (tiny_run.run, f"hf:{out}")
+    record = evaluate_model(tiny_run.store, tiny_run.run, f"hf:{out}", _LOSS_ONLY)
+    # The checkpoints are copies of one another, so their average is that checkpoint (in mergekit's dtype).
+    assert record.metrics["pretrain_val_loss"] == pytest.approx(
+        expected.metrics["pretrain_val_loss"], rel=1e-3
+    )
