@@ -114,7 +114,10 @@ class EvalOut(BaseModel):
 
     name: str = Field(description="Evaluation name in the store (runs/<run>/evals/<name>).")
     run: str = Field(description="Run the evaluated model belongs to.")
-    model_dir: str = Field(description="Store-relative directory of what was evaluated.")
+    model_dir: str = Field(
+        description="Store-relative directory of what was evaluated, or hf:<path> for a Hugging Face "
+        "directory evaluated in this run's context (wsm evaluate DIR)."
+    )
     metrics: dict[str, float] = Field(description="Metric name to value.")
     config: dict[str, Any] = Field(description="Evaluation configuration.")
     seeds: list[int] = Field(description="Seeds used.")

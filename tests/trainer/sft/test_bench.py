@@ -177,3 +177,20 @@ def test_api_serves_the_scores(tiny_run: TinyRun, bench_run: BenchRun, tmp_path:
     assert out["metrics"] == pytest.approx(bench_run.manifest.metrics)
     assert "bench/wsm_stdlib_doc/acc_stderr" in out["metrics"]
     assert out["config"]["bench"]["tasks"] == ["wsm_pack", "my_colours"]
+
+
+def test_benchmarks_of_an_hf_dir_are_its_exports(
+    tiny_run: TinyRun, bench_run: BenchRun, tmp_path: Path
+) -> None:
+    """A Hugging Face directory goes through the same stage: exported again with the run's tokenizer,
+    it scores exactly what the model it was exported from scored; the API lists its record."""
+    from trainer.export import export_hf
+
+    exported = export_hf(tiny_run.store, tiny_run.run, tiny_run.untrained, tmp_path / "hf")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in bench.OFFLINE_ENV:
+            mp.setenv(name, "1")
+        record = evaluate_model(tiny_run.store, tiny_run.run, f"hf:{exported}", bench_run.config)
+    ours = {k: v for k, v in bench_run.manifest.metrics.items() if k.startswith("bench/")}
+    assert {k: v for k, v in record.metrics.items() if k.startswith("bench/")} == pytest.approx(ours)
+    assert record.model_id == f"hf:{exported}"
