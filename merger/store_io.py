@@ -64,7 +64,7 @@ def storage_options(store: Store) -> dict[str, Any]:
     return {} if store.is_local else dict(getattr(store.fs, "storage_options", {}) or {})
 
 
-def weight_files(manifest: CheckpointManifest) -> tuple[str, list[str]]:
+def weight_files(manifest: CheckpointManifest | ModelManifest) -> tuple[str, list[str]]:
     """The checkpoint's main weights file (``model.safetensors`` or the HF index) and its safetensors
     files; for Megatron's ``torch_dist`` layout the DCP directory (``iter_<N>``) and every file in it.
 
@@ -85,13 +85,13 @@ def weight_files(manifest: CheckpointManifest) -> tuple[str, list[str]]:
     )
 
 
-def weights_sha256(manifest: CheckpointManifest) -> str:
+def weights_sha256(manifest: CheckpointManifest | ModelManifest) -> str:
     """The digest of a checkpoint's weights: its file's sha256, or that of ``name sha256`` lines of its
     shards (or of the files of its DCP directory).
 
     A checkpoint of an external run has the identity digest of its DCP directory (merger/external.py).
     """
-    if manifest.location is not None:
+    if isinstance(manifest, CheckpointManifest) and manifest.location is not None:
         return manifest.location.identity
     main, files = weight_files(manifest)
     if main == layout.MODEL_FILE:
@@ -100,16 +100,16 @@ def weights_sha256(manifest: CheckpointManifest) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def checkpoint_ref(store: Store, manifest: CheckpointManifest) -> CheckpointLayout:
-    """A checkpoint of the store as a merge input (headers read by ranged reads); a checkpoint in
-    Megatron's layout resolves to its DCP directory.
+def checkpoint_ref(store: Store, manifest: CheckpointManifest | ModelManifest) -> CheckpointLayout:
+    """A checkpoint (or model) of the store as a merge input (headers read by ranged reads); one in
+    Megatron's layout resolves to its DCP directory (a ``--out-format torch_dist`` merge is one too).
 
     Each file carries its manifest entry, so the engine verifies every block it reads against the
     checksums written with it (manifests of schema 1 have none: the merge manifest then says
     ``verified: false`` for that input).
     """
-    if manifest.location is not None:  # an external run's checkpoint, read where it lies
-        return external.open_location(store, manifest)
+    if isinstance(manifest, CheckpointManifest) and manifest.location is not None:
+        return external.open_location(store, manifest)  # an external run's checkpoint, read where it lies
     main, files = weight_files(manifest)
     store.verify(manifest, full=False, names=files)  # one listing: catches truncation
     dcp = main not in (layout.MODEL_FILE, layout.MODEL_INDEX_FILE)

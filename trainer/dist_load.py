@@ -29,7 +29,7 @@ import torch.distributed as dist
 from trainer.dist_state import restore_rng, sharded_state_dict
 from trainer.distributed import DistInfo, barrier, broadcast_object
 from trainer.weights import from_dist_names
-from wsm.store import CheckpointManifest, Store, layout
+from wsm.store import CheckpointManifest, ModelManifest, Store, layout
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ def dcp_dir(manifest: CheckpointManifest) -> str:
     return found
 
 
-def read_weights(store: Store, manifest: CheckpointManifest) -> dict[str, torch.Tensor]:
-    """The model's full tensors (canonical names, CPU) of a ``torch_dist`` checkpoint, read by range."""
+def read_weights(store: Store, manifest: CheckpointManifest | ModelManifest) -> dict[str, torch.Tensor]:
+    """The model's full tensors (canonical names, CPU) of a ``torch_dist`` checkpoint, or of a merge
+    written in that layout, read by range."""
     from merger.store_io import checkpoint_ref
 
     return from_dist_names(read_layout_tensors(checkpoint_ref(store, manifest)))

@@ -216,7 +216,7 @@ def load_weights(
         return hf_dir.load_weights(manifest)
     if isinstance(manifest, CheckpointManifest) and manifest.location is not None:
         return external.load_dcp(store, manifest)  # an external run's checkpoint, read where it lies
-    if isinstance(manifest, CheckpointManifest) and layout.dcp_dir_of(f.name for f in manifest.files):
+    if layout.dcp_dir_of(f.name for f in manifest.files):  # Megatron's layout: a checkpoint or a merge
         from trainer.dist_load import read_weights
 
         return read_weights(store, manifest)
