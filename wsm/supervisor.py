@@ -2,12 +2,14 @@
 
 Used by ``wsm up``. Each component is a child process in its own session, so a Ctrl-C in the
 terminal reaches only the supervisor, which then stops the children in order (the trainer first,
-so it can finish its in-flight checkpoint), escalating to SIGKILL after a grace period. Secrets
-given to it (the API token, the S3 secret key) are masked in every line it relays.
+so it can finish its in-flight checkpoint), escalating to SIGKILL after a grace period; a stopped
+child's whole process group ends with it. Secrets given to it (the API token, the S3 secret key)
+are masked in every line it relays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -126,22 +128,40 @@ class Supervisor:
         return code
 
     def stop(self) -> None:
-        """SIGTERM each live component in order, wait up to the grace period, then SIGKILL."""
+        """SIGTERM each live component in order, wait up to the grace period, then SIGKILL its group.
+
+        Only the component's own process gets the SIGTERM: it stops its children itself (Celery's
+        warm shutdown ends the pool, the trainer finishes its checkpoint writers first, uvicorn ends
+        its server processes). Signalling the whole group would end those children under it, mid
+        write, and Celery would log the pool child it lost as an ERROR. Whatever of the group is
+        left after the grace period, or after the component exited, is killed.
+        """
         for component in self.components:
             process = component.process
             if process is None or process.poll() is not None:
                 continue
             log.info("stopping %s", component.name)
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            try:
-                process.wait(timeout=self.grace_seconds)
-            except subprocess.TimeoutExpired:
+            # os.kill, not send_signal: that could reap it, and free the group id killed below.
+            os.kill(process.pid, signal.SIGTERM)
+            if not _exited(process.pid, self.grace_seconds):
                 log.warning("%s did not stop within %.0f s; killing it", component.name, self.grace_seconds)
+            # Not yet reaped, the component still holds its pid, so the group id is still its own.
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process.wait()
         deadline = time.monotonic() + 5
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for child ``pid`` to exit, leaving it unreaped (a zombie)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        delay = min(delay * 2, remaining, 0.05)
+        time.sleep(delay)
+    return True

@@ -8,7 +8,8 @@ with no sign of life) and re-enqueues them, at start and every ``recovery_interv
 an hour killed writers' leftovers older than the broker visibility timeout go.
 
 ``--pool prefork`` (the default) is Celery's prefork pool with locks a killed child cannot keep
-(anneal/broker/pool.py): killing any process of the worker never wedges it.
+(anneal/broker/pool.py): killing any process of the worker never wedges it. Started as root, it
+says so in one line instead of Celery's block of text (anneal/broker/privileges.py).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     from anneal.broker.app import redact
     from anneal.broker.pool import POOL
+    from anneal.broker.privileges import privileges_explained
     from anneal.broker.tasks import app
 
     if args.pool == "prefork":  # Celery's prefork pool, minus the lock a killed child can keep
@@ -106,16 +108,17 @@ def run(args: argparse.Namespace) -> int:
     worker_process_init.connect(_cleanup_dead_writers, weak=False)
     name = args.name or f"wsm-{os.getpid()}@{socket.gethostname()}"
     log.info("worker %s: queues %s, broker %s", name, ",".join(queues), redact(str(app.conf.broker_url)))
-    app.worker_main(
-        [
-            "worker",
-            f"--queues={','.join(queues)}",
-            f"--concurrency={args.concurrency}",
-            f"--pool={args.pool}",
-            f"--hostname={name}",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel=INFO",
-        ]
-    )
+    with privileges_explained(app.conf.accept_content):  # root: one line, not Celery's block of text
+        app.worker_main(
+            [
+                "worker",
+                f"--queues={','.join(queues)}",
+                f"--concurrency={args.concurrency}",
+                f"--pool={args.pool}",
+                f"--hostname={name}",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel=INFO",
+            ]
+        )
     return 0
