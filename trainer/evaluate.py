@@ -269,8 +269,8 @@ def compute(
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    base = load_weights(store, sm.manifest)
-    model = build_stored_model(store, sm, device)
+    base = load_weights(store, sm.manifest)  # also what each SFT run of a sweep starts from
+    model = build_stored_model(store, sm, device, base)
     data = prepared_data(sm, config)
     timings["load"] = time.perf_counter() - t
     phases.finish("load")

@@ -235,8 +235,13 @@ def load_weights(
     return from_dist_names(out) if is_dist_named(out) else out
 
 
-def build_stored_model(store: Store, sm: StoredModel, device: torch.device) -> GPTModel:
+def build_stored_model(
+    store: Store, sm: StoredModel, device: torch.device, weights: dict[str, torch.Tensor] | None = None
+) -> GPTModel:
     """The megatron model with the stored weights, fp32, in eval mode on ``device``.
+
+    ``weights``: the model's tensors if the caller has read them already (they are copied, not
+    kept), so that an evaluation reads and verifies them once.
 
     Built with the local (non-TE) spec even on GPU: sharpness needs double backward, which fused
     kernels lack, and evaluation should not depend on which fused kernels a machine has.
@@ -245,7 +250,7 @@ def build_stored_model(store: Store, sm: StoredModel, device: torch.device) -> G
     # at TP=1, and the model's tensors live on ``device``.
     init_distributed(1, cuda=device.type == "cuda")
     model = build_model(sm.model_cfg, sm.padded_vocab, cuda=False)
-    load_full_state_dict(model, load_weights(store, sm.manifest))
+    load_full_state_dict(model, weights if weights is not None else load_weights(store, sm.manifest))
     return model.to(device).eval()
 
 

@@ -133,3 +133,22 @@ def test_bad_model_dir_is_a_clear_error(tiny_run: TinyRun) -> None:
         evaluate_model(tiny_run.store, tiny_run.run, "runs/tiny/elsewhere/x")
     with pytest.raises(ValueError, match="not in run"):
         evaluate_model(tiny_run.store, "other", tiny_run.trained)
+
+
+def test_an_evaluation_reads_the_weights_once(tiny_run: TinyRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading (and verifying) a large model is slow: the SFT base copy and the model share one read."""
+    import trainer.load
+    from trainer.load import resolve
+
+    reads: list[str] = []
+    real = trainer.load.load_weights
+
+    def counting(store: object, manifest: object) -> object:
+        reads.append(str(getattr(manifest, "dir", manifest)))
+        return real(store, manifest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer.load, "load_weights", counting)
+    monkeypatch.setattr(ev, "load_weights", counting)
+    sm = resolve(tiny_run.store, tiny_run.run, tiny_run.untrained)
+    metrics, _ = ev.compute(tiny_run.store, sm, fast_eval_config(sharpness={"enabled": False}, run_sft=False))
+    assert reads == [tiny_run.untrained] and math.isfinite(metrics["pretrain_val_loss"])
