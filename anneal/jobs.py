@@ -16,8 +16,11 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from merger.formats.output import DEFAULT_OUT_FORMAT as DEFAULT_OUT_FORMAT
+from merger.formats.output import OUT_FORMATS as OUT_FORMATS
+from merger.formats.output import check_out_format
 from merger.provenance import AnnealSelection as AnnealSelection
 from wsm.eval_config import EvalConfig
 from wsm.store import ArtifactNotFoundError, EvalManifest, Store
@@ -105,10 +108,20 @@ class JobSpec(BaseModel):
     eval_config: EvalConfig | None = None
     """The evaluation's configuration (None: no evaluation)."""
     model_name: str
-    """Name of the annealed model in ``runs/<run>/models/``: ``selection.model_name()``."""
+    """Name of the annealed model in ``runs/<run>/models/``: ``selection.model_name(out_format)``."""
     allow_nonfinite: bool = False
     """Publish the merge even if a checkpoint or the result holds NaN or Inf (else the job fails
     naming the tensor)."""
+    out_format: str = DEFAULT_OUT_FORMAT
+    """Layout of the annealed model: one of the merger's output formats (``safetensors``, or
+    ``torch_dist``: a DCP directory in Megatron-LM's layout that ``--load`` and
+    ``dist_checkpointing.load`` read at any parallelism)."""
+
+    @field_validator("out_format")
+    @classmethod
+    def check_format(cls, value: str) -> str:
+        """``value`` if the merger writes that format; a one-line error listing the formats otherwise."""
+        return check_out_format(value)
 
     @property
     def run(self) -> str:
@@ -132,6 +145,7 @@ class JobSpec(BaseModel):
                 # Only when set, so the ids of every other job stay what they were; a request that
                 # allows NaN is another job than the one that refused them.
                 **({"allow_nonfinite": True} if self.allow_nonfinite else {}),
+                **({"out_format": self.out_format} if self.out_format != DEFAULT_OUT_FORMAT else {}),
             }
         )
         return f"job-{key[:24]}"

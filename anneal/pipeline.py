@@ -53,7 +53,9 @@ class PartResult(BaseModel):
 # -- stage 2: merge and publish ------------------------------------------------------------------
 def build_plan(store: Store, spec: JobSpec) -> MergePlan:
     """Plan the merge of the job's checkpoints (headers only); refuses changed sources."""
-    return store_io.plan_selection(store, spec.selection, allow_nonfinite=spec.allow_nonfinite)
+    return store_io.plan_selection(
+        store, spec.selection, allow_nonfinite=spec.allow_nonfinite, out_format=spec.out_format
+    )
 
 
 def published_model(store: Store, spec: JobSpec) -> ModelManifest | None:

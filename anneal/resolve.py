@@ -24,6 +24,7 @@ from anneal.errors import (
 )
 from anneal.jobs import AnnealSelection, JobSpec, WindowRequest
 from merger import store_io
+from merger.formats.output import DEFAULT_OUT_FORMAT
 from theory import (
     ALIASES,
     CURVE_NAMES,
@@ -111,6 +112,7 @@ def resolve(
     evaluate: bool = True,
     eval_config: EvalConfig | None = None,
     allow_nonfinite: bool = False,
+    out_format: str = DEFAULT_OUT_FORMAT,
 ) -> JobSpec:
     """Choose the window's checkpoints and weights; the result names the job and its model."""
     run = choose_run(store, run)
@@ -129,8 +131,9 @@ def resolve(
         request=request,
         evaluate=evaluate,
         eval_config=(eval_config or EvalConfig()) if evaluate else None,
-        model_name=selection.model_name(),
+        model_name=selection.model_name(out_format),
         allow_nonfinite=allow_nonfinite,
+        out_format=out_format,
     )
 
 

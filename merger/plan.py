@@ -28,7 +28,7 @@ from typing import Any
 from merger.errors import MergeError, MismatchError, WeightError
 from merger.formats import CheckpointLayout, TensorEntry, open_checkpoint
 from merger.formats.dtypes import CODE_TO_NAME, DTYPE_NAMES, DTYPES
-from merger.formats.output import OUT_FORMATS, OutRecord, output_module
+from merger.formats.output import OutRecord, check_out_format, output_module
 from merger.formats.safetensors import SINGLE_NAME
 from merger.provenance import AnnealSelection
 
@@ -400,8 +400,7 @@ def plan_merge(
         raise MergeError(f"output dtype {out_dtype!r} is not one of auto, {', '.join(DTYPE_NAMES)}")
     if accumulate not in ("float32", "float64"):
         raise MergeError(f"accumulation dtype must be float32 or float64, not {accumulate!r}")
-    if out_format not in OUT_FORMATS:
-        raise MergeError(f"output format {out_format!r} is not one of {', '.join(OUT_FORMATS)}")
+    check_out_format(out_format)
     if storage_options is None:
         # Refs resolved elsewhere (e.g. from the store) carry the options that reach their files.
         storage_options = next(

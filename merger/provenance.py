@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from merger.formats.output import DEFAULT_OUT_FORMAT
 from theory import CurveSpec, Selection, format_tokens_exact
 from wsm.store import SourceCheckpoint, Window
 
@@ -113,13 +114,16 @@ class AnnealSelection(BaseModel):
         }
         return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
-    def model_name(self) -> str:
+    def model_name(self, out_format: str = DEFAULT_OUT_FORMAT) -> str:
         """The one name of this merge: every curve parameter, exact token counts, a digest of the sources.
 
         ``anneal-1-sqrt-w491.52k-at-983.04k-n4-1a2b3c4d``: the CLI and the service give the same
-        inputs and weights the same name, so nothing is stored twice.
+        inputs and weights the same name, so nothing is stored twice. Written in another format
+        than safetensors, the name says so (``…-1a2b3c4d-torch_dist``): the same weights in two
+        layouts are two models.
         """
+        suffix = "" if out_format == DEFAULT_OUT_FORMAT else f"-{out_format}"
         return (
             f"anneal-{self.curve.spec().slug()}-w{format_tokens_exact(self.window)}"
-            f"-at-{format_tokens_exact(self.window_end)}-n{len(self.sources)}-{self.key()[:8]}"
+            f"-at-{format_tokens_exact(self.window_end)}-n{len(self.sources)}-{self.key()[:8]}{suffix}"
         )

@@ -213,7 +213,7 @@ def _publish(
     sel = plan.selection
     if sel is None:
         raise MergeError("only a merge of a run's window can be published to the store")
-    name = name or sel.model_name()
+    name = name or sel.model_name(plan.out_format)
     with store.publish_model(
         sel.run,
         name,

@@ -61,6 +61,7 @@ async def post_anneal(body: AnnealRequest, request: Request) -> Response:
             evaluate=body.evaluate,
             eval_config=state.settings.eval_config,
             allow_nonfinite=body.allow_nonfinite,
+            out_format=body.out_format,
         )
         runs = {r.run: r for r in state.listing.list_runs()}
         warnings = resolve.window_warnings(runs.get(spec.run), spec.selection)

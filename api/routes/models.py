@@ -1,7 +1,8 @@
 """``/models/{id}``: a published model's manifest, and its weights as a streamed download.
 
 Model id: ``<run>:<name>`` (api/convert.py). A single-file model streams ``model.safetensors``;
-a sharded one takes ``?file=`` (a shard or the index; the error lists them).
+a sharded one, or one in Megatron's layout, takes ``?file=`` (a shard or the index; a file of the
+DCP directory, ``release/.metadata``, or the tracker; the error lists them).
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ def _manifest(store: Store, model_id: str) -> ModelManifest:
     return store.get_model(validate_name(run, "run name"), validate_name(name, "model name"))
 
 
+def _downloadable(manifest: ModelManifest) -> list[str]:
+    """The weights files of a model: one safetensors file, shards and their index, or a model in
+    Megatron's layout (``--out-format torch_dist``): its DCP directory's files and the tracker."""
+    dcp = layout.dcp_dir_of(f.name for f in manifest.files)
+    if dcp is not None:
+        return [
+            layout.MEGATRON_TRACKER_FILE,
+            *sorted(f.name for f in manifest.files if f.name.startswith(f"{dcp}/")),
+        ]
+    return manifest.weight_files + ([layout.MODEL_INDEX_FILE] if manifest.is_sharded else [])
+
+
 @router.get(
     "/models/{model_id}", response_model=ModelOut, responses=responses(400, 404), summary="A model's manifest"
 )
@@ -53,11 +66,14 @@ def get_model(model_id: str, request: Request, store: StoreDep) -> ModelOut:
 def get_weights(
     model_id: str,
     store: StoreDep,
-    file: str | None = Query(default=None, description="File of a sharded model (a shard or the index)."),
+    file: str | None = Query(
+        default=None,
+        description="File of a sharded model (a shard or the index) or of a model in Megatron's layout.",
+    ),
 ) -> StreamingResponse:
     manifest = _manifest(store, model_id)
-    names = manifest.weight_files + ([layout.MODEL_INDEX_FILE] if manifest.is_sharded else [])
-    chosen = file or (layout.MODEL_FILE if not manifest.is_sharded else None)
+    names = _downloadable(manifest)
+    chosen = file or (layout.MODEL_FILE if layout.MODEL_FILE in names else None)
     if chosen not in names:
         raise ApiError(
             400,
@@ -79,7 +95,7 @@ def get_weights(
         media_type="application/octet-stream",
         headers={
             "Content-Length": str(entry.size),
-            "Content-Disposition": f'attachment; filename="{chosen}"',
+            "Content-Disposition": f'attachment; filename="{chosen.rsplit("/", 1)[-1]}"',
             "X-Checksum-SHA256": entry.sha256,
         },
     )

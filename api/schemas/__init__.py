@@ -13,8 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from anneal.jobs import DEFAULT_OUT_FORMAT, OUT_FORMATS, JobSpec
 from theory import ALIASES, CURVE_NAMES
 
 JobState = Literal["queued", "running", "done", "failed"]
@@ -82,6 +83,20 @@ class AnnealRequest(BaseModel):
             "fails naming the tensor and checkpoint."
         ),
     )
+    out_format: str = Field(
+        default=DEFAULT_OUT_FORMAT,
+        description=(
+            f"Layout of the annealed model ({', '.join(OUT_FORMATS)}): safetensors for transformers, "
+            "mergekit and vLLM; torch_dist (a DCP directory in Megatron-LM's layout, for --load and dist_checkpointing.load at any "
+            "parallelism). The model's name ends in -torch_dist then."
+        ),
+        json_schema_extra={"enum": list(OUT_FORMATS)},
+    )
+
+    @field_validator("out_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        return JobSpec.check_format(value)
 
 
 class CheckpointWeight(BaseModel):

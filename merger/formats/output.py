@@ -28,6 +28,17 @@ OUT_FORMATS: dict[str, str] = {
     "torch_dist": "merger.formats.dcp_writer",
 }
 """Output format name -> the module that writes it."""
+DEFAULT_OUT_FORMAT = "safetensors"
+"""What a merge writes unless asked otherwise: loadable by transformers, mergekit, vLLM."""
+
+
+def check_out_format(name: str) -> str:
+    """``name`` if it is an output format; a one-line error listing them otherwise."""
+    from merger.errors import MergeError
+
+    if name not in OUT_FORMATS:
+        raise MergeError(f"output format {name!r} is not one of {', '.join(OUT_FORMATS)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -68,8 +79,4 @@ class FileWriter(Protocol):
 
 def output_module(name: str) -> ModuleType:
     """The module writing output format ``name``."""
-    from merger.errors import MergeError
-
-    if name not in OUT_FORMATS:
-        raise MergeError(f"output format {name!r} is not one of {', '.join(OUT_FORMATS)}")
-    return importlib.import_module(OUT_FORMATS[name])
+    return importlib.import_module(OUT_FORMATS[check_out_format(name)])

@@ -61,18 +61,27 @@ class InProcess:
 
 
 def spec_for(
-    store: Store, curve: str = "1-sqrt", *, window: str = "40M", floor: float = 0.0, evaluate: bool = False
+    store: Store,
+    curve: str = "1-sqrt",
+    *,
+    window: str = "40M",
+    floor: float = 0.0,
+    evaluate: bool = False,
+    out_format: str = "safetensors",
 ) -> jobs.JobSpec:
     return resolve.resolve(
         store,
         curve=resolve.curve_spec(curve, alpha=None, floor=floor),
         request=resolve.window_request(window, None, None, None),
         evaluate=evaluate,
+        out_format=out_format,
     )
 
 
-def new_job(store: Store, *, evaluate: bool = False, window: str = "40M") -> jobs.JobRecord:
-    spec = spec_for(store, window=window, evaluate=evaluate)
+def new_job(
+    store: Store, *, evaluate: bool = False, window: str = "40M", out_format: str = "safetensors"
+) -> jobs.JobRecord:
+    spec = spec_for(store, window=window, evaluate=evaluate, out_format=out_format)
     record = jobs.JobRecord(job_id=spec.job_id(), spec=spec)
     jobs.save(store, record)
     return record
@@ -151,6 +160,46 @@ def test_split_merge_is_bit_identical_to_one_worker(store: Store, settings: Sett
     index = "model.safetensors.index.json"
     assert json.loads(store.read_file(model, index)) == json.loads((single / index).read_bytes())
     assert not any(p.name.startswith(record.job_id) for p in (Path(settings.state_dir) / "scratch").glob("*"))
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_a_torch_dist_job_publishes_what_torch_dcp_loads(
+    store: Store, settings: Settings, tmp_path: Path, parts: int
+) -> None:
+    """``out_format=torch_dist``: another job and another model than the safetensors one, in Megatron's
+    layout, read back by torch's own DCP loader; a split merge gives the same files."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    record = new_job(store, out_format="torch_dist")
+    plain = spec_for(store)
+    assert (
+        record.spec.job_id() != plain.job_id() and record.spec.model_name == f"{plain.model_name}-torch_dist"
+    )
+    if parts > 1:
+        settings = settings.model_copy(update={"merge_split_bytes": 1, "merge_parts": parts})
+    driver = InProcess(store, settings)
+    runner.anneal(store, settings, BROKER, "r1", record.job_id, driver.dispatch())
+    driver.drain()
+    assert jobs.load(store, "r1", record.job_id).state == "done"
+    model = store.get_model("r1", record.spec.model_name)
+    assert model.config["format"] == "torch_dist"
+    # Safetensors inputs carry no iteration: Megatron's name for such a save is "release".
+    assert store.read_file(model, "latest_checkpointed_iteration.txt") == b"release"
+    directory = store.full_path(f"{model.dir}/release")
+    want = expected_weights(store, record.spec)
+    state = {k: torch.empty(v.shape, dtype=torch.from_numpy(v).dtype) for k, v in want.items()}
+    dcp.load(state, checkpoint_id=str(directory))  # no process group: torch reads it as one rank
+    for name, value in want.items():
+        np.testing.assert_allclose(state[name].numpy(), value, rtol=1e-6, atol=1e-6, err_msg=name)
+    if parts > 1:
+        single = tmp_path / "single"
+        execute_merge(pipeline.build_plan(store, record.spec).split(parts)[0].plan, single)
+        shards = [f.name for f in model.files if f.name.endswith(".distcp")]
+        assert len(shards) == parts
+        for name in shards:
+            assert store.read_file(model, name) == (single / name).read_bytes(), name
+        assert store.read_file(model, "release/.metadata") == (single / "release/.metadata").read_bytes()
 
 
 def test_corrupt_checkpoint_fails_the_job_and_publishes_nothing(store: Store, settings: Settings) -> None:

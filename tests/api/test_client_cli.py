@@ -48,3 +48,20 @@ def test_wsm_anneal_reports_api_errors(
     monkeypatch.setattr(httpx, "Client", lambda base_url, headers, timeout: client)
     assert main(["anneal", "--curve", "bogus", "--window", "40M"]) == 2
     assert "unknown_curve" in capsys.readouterr().err
+
+
+def test_wsm_anneal_out_format(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, api_settings: Settings, run_store: Store
+) -> None:
+    """``--out-format torch_dist`` end to end: the job's model is in Megatron's layout; a format the
+    merger lacks is the API's one-line refusal."""
+    app = create_app(api_settings, store=run_store, enqueuer=RunningEnqueuer(run_store, api_settings))
+    monkeypatch.setattr(httpx, "Client", lambda base_url, headers, timeout: TestClient(app, headers=headers))
+    argv = ["anneal", "--curve", "1-sqrt", "--window", "40M", "--no-eval", "--wait", "--poll", "0.01"]
+    assert main([*argv, "--out-format", "torch_dist"]) == 0
+    [model] = [m for m in run_store.list_models("r1") if m.name.endswith("-torch_dist")]
+    assert model.name in capsys.readouterr().out
+    assert any(f.name == "release/.metadata" for f in model.files)
+    assert main([*argv, "--out-format", "gguf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'gguf' is not one of safetensors, torch_dist" in err and err.count("\n") == 0

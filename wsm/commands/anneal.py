@@ -30,6 +30,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_window_arguments(parser)
     parser.add_argument("--run", default=None, help="run name (default: the only/newest run)")
     parser.add_argument("--no-eval", action="store_true", help="do not evaluate the models")
+    parser.add_argument(
+        "--out-format",
+        default=None,
+        metavar="FORMAT",
+        # Not argparse choices: the API checks the name against the merger's formats (the one list),
+        # and the command line stays free of the merger's imports (torch).
+        help="layout of the annealed model: safetensors (default) or torch_dist (Megatron-LM's DCP "
+        "layout, for --load); the API names the formats it has",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between status checks (default 1)")
     parser.add_argument("--url", default=None, help="API base URL (default WSM_API_URL)")
@@ -45,7 +54,7 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
         "floor": args.floor,
         "evaluate": not args.no_eval,
     }
-    for key in ("run", "interval", "count", "end", "alpha"):
+    for key in ("run", "interval", "count", "end", "alpha", "out_format"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     return body

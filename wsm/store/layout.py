@@ -34,7 +34,8 @@ GRIDS = "grids"
 SEGMENT_WIDTH = 10
 """Digits of a metrics segment number (``0000000007.jsonl``)."""
 
-_ITER_DIR_RE = re.compile(r"^iter_[0-9]{7,}$")
+_ITER_DIR_RE = re.compile(r"^(iter_[0-9]{7,}|release)$")
+"""Megatron-LM's directory of one save: ``iter_<7+ digits>``, or ``release`` (tracker text ``release``)."""
 _ARTIFACT_DIR_RE = re.compile(rf"^{RUNS}/([^/]+)/({CHECKPOINTS}|{MODELS}|{EVALS})/([^/]+)/")
 _SEGMENT_RE = re.compile(rf"^[0-9]{{{SEGMENT_WIDTH}}}\.jsonl$")
 
