@@ -2,7 +2,7 @@
 
 A policy is a record in the store, ``runs/<run>/policies/<policy_id>.json`` (docs/STORE.md), so it
 survives restarts of every process. Its id is a digest of what it asks for: asking twice gives
-the same policy. Every worker's recovery sweep (anneal/runner.py, ``Recovery``) calls
+the same policy. Every worker's recovery sweep (anneal/recovery.py, ``Recovery``) calls
 :func:`sweep`, which creates the jobs of the points that are due.
 
 **Points.** The k-th point is ``k × every`` tokens. It is due once the run has a checkpoint at or

@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "st": "floor_st",
         "floor": "floor",
         "floor_st": "floor_st",
+        "dcp_sync": "floor",
     }
     for mode in args.methods.split(","):
         use = st if mode in ("st", "floor_st") else dcp

@@ -28,6 +28,7 @@ from anneal.broker.app import (
 )
 from anneal.pipeline import PartResult
 from anneal.ports import Evaluator
+from anneal.recovery import Recovery
 from wsm.settings import get_settings
 from wsm.store import Store, open_store
 from wsm.store.writable import StoreUnwritable
@@ -123,6 +124,6 @@ def evaluate(self: Any, run: str, job_id: str) -> str:
         raise _later(self, e) from None
 
 
-def recovery() -> runner.Recovery:
+def recovery() -> Recovery:
     """The sweep a worker runs at start and periodically (anneal/broker/worker_cli.py)."""
-    return runner.Recovery(_store(), get_settings(), enqueue_anneal, enqueue_evaluate, broker_url=_broker())
+    return Recovery(_store(), get_settings(), enqueue_anneal, enqueue_evaluate, broker_url=_broker())

@@ -4,7 +4,7 @@ Every pool process as it starts (a killed child's replacement too), and the main
 removes the staging leftovers of dead writers on this host (a killed predecessor's); a background
 thread then sweeps job records for lost jobs (expired lease, or queued
 with no sign of life) and re-enqueues them, at start and every ``recovery_interval_s``
-(anneal/runner.py, Recovery); every sweep also removes scratch dirs of finished attempts, and once
+(anneal/recovery.py, Recovery); every sweep also removes scratch dirs of finished attempts, and once
 an hour killed writers' leftovers older than the broker visibility timeout go.
 
 ``--pool prefork`` (the default) is Celery's prefork pool with locks a killed child cannot keep

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from anneal import jobs, runner
+from anneal import jobs, recovery, runner
 from tests.anneal.test_pipeline import BROKER, InProcess, new_job
 from wsm.settings import Settings
 from wsm.store import Store
@@ -34,7 +34,7 @@ def test_sweep_removes_scratch_of_attempts_that_are_over_and_keeps_the_current_o
     rec = jobs.load(store, "r1", finished.job_id)
     rec.state, rec.stage, rec.lease = "done", "done", None
     jobs.save(store, rec)
-    sweeper = runner.Recovery(store, split, lambda r, j: None, lambda r, j: None, BROKER)
+    sweeper = recovery.Recovery(store, split, lambda r, j: None, lambda r, j: None, BROKER)
     sweeper.sweep()
     assert sorted(os.listdir(scratch)) == [f"{running.job_id}-{current}"]
     driver._pending = [p for p in driver._pending if p[1] == running.job_id]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from anneal import external, resolve, runner
+from anneal import external, recovery, resolve, runner
 from anneal.external import InvalidSourceError, NotEvaluableError, RunExistsError
 from merger import store_io
 from merger.errors import SourcesChangedError
@@ -87,7 +87,7 @@ def test_new_checkpoints_are_found_as_they_appear(
     assert [c.tokens for c in store.list_checkpoints("ext")] == [10 * T, 20 * T, 30 * T]
     # The workers' recovery sweep finds the next one (and nothing else changes).
     external_run.add_iteration(source, 40)
-    sweeper = runner.Recovery(
+    sweeper = recovery.Recovery(
         store, settings.model_copy(update={"external_sync_ttl_s": 0.0}), lambda r, j: None, lambda r, j: None
     )
     assert sweeper.sweep() == []

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from anneal import jobs, locks, pipeline, resolve, runner
+from anneal import jobs, locks, pipeline, recovery, resolve, runner
 from anneal.locks import FileJobLock
 from merger.engine import execute_merge
 from tests.api.fixtures import M
@@ -250,7 +250,7 @@ def test_recovery_resends_only_stale_jobs(store: Store, settings: Settings) -> N
     jobs.save(store, rec)
     sent: list[tuple[str, str]] = []
     sweepers = [
-        runner.Recovery(
+        recovery.Recovery(
             store,
             settings,
             lambda r, j: sent.append(("anneal", j)),
@@ -278,7 +278,7 @@ def test_recovery_cleans_up_killed_writers_hourly_and_only_past_the_timeout(
     past = time.time() - settings.broker_visibility_timeout_s - 60
     for path in (old, os.path.join(old, "model.safetensors")):
         os.utime(path, (past, past))
-    sweeper = runner.Recovery(store, settings, lambda r, j: None, lambda r, j: None)
+    sweeper = recovery.Recovery(store, settings, lambda r, j: None, lambda r, j: None)
     assert sweeper.cleanup() == ["runs/r1/models/.tmp-anneal-x-dead"]
     assert not os.path.exists(old) and os.path.exists(young), "a write still in progress is left alone"
     os.utime(young, (past, past))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from anneal import jobs, policies, resolve, runner, submit
+from anneal import jobs, policies, recovery, resolve, submit
 from anneal.jobs import WindowRequest
 from anneal.policies import PolicySpec
 from merger.provenance import CurveRecord
@@ -144,6 +144,6 @@ def test_concurrent_sweeps_make_one_job_per_point(store: Store, settings: Settin
 def test_the_recovery_sweep_runs_policies(store: Store, settings: Settings) -> None:
     policies.create(store, spec())
     anneal, evaluate = Sent(), Sent()
-    runner.Recovery(store, settings, anneal, evaluate).sweep()
+    recovery.Recovery(store, settings, anneal, evaluate).sweep()
     assert len(anneal.calls) == 2 and evaluate.calls == []
     assert ends(store) == [30 * M, 60 * M]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from anneal import jobs, pipeline, runner
+from anneal import jobs, pipeline, recovery, runner
 from anneal.jobs import utcnow
 from tests.anneal.test_pipeline import BROKER, InProcess, new_job
 from tests.api.fixtures import make_run
@@ -150,7 +150,7 @@ def test_worker_that_cannot_record_gives_up_and_never_reruns_the_merge_meanwhile
         with pytest.raises(StoreUnwritable):
             runner.anneal(qstore, qsettings, BROKER, "r1", record.job_id, driver.dispatch())
     assert seen == ["merge"]
-    sweeper = runner.Recovery(qstore, qsettings, lambda r, j: None, lambda r, j: None, BROKER)
+    sweeper = recovery.Recovery(qstore, qsettings, lambda r, j: None, lambda r, j: None, BROKER)
     assert sweeper.sweep() == []  # nothing is resent while the store refuses the stamp
     QuotaFileSystem.read_only = False
     assert runner.anneal(qstore, qsettings, BROKER, "r1", record.job_id, driver.dispatch()) == "failed"
@@ -226,5 +226,5 @@ def test_reserve_lets_a_failure_be_recorded_on_a_full_disk(tmp_path: Path) -> No
         assert jobs.load(store, "r1", record.job_id).state == "failed"
         assert not (Path(store.root) / RESERVE_FILE).exists()
         (mount.path / "filler").unlink()
-        runner.Recovery(store, settings, lambda r, j: None, lambda r, j: None, BROKER).sweep()
+        recovery.Recovery(store, settings, lambda r, j: None, lambda r, j: None, BROKER).sweep()
         assert (Path(store.root) / RESERVE_FILE).exists(), "allocated again once there is room"
