@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--name", default=None, help="worker node name (default wsm-<pid>@<host>)")
     parser.add_argument("--no-recovery", action="store_true", help="do not sweep for lost jobs")
+    parser.add_argument(
+        "--banner",
+        action="store_true",
+        help="print Celery's start-up banner (transport, queues, tasks); wsm's own start-up line says "
+        "the queues and broker",
+    )
     parser.set_defaults(func=run)
 
 
@@ -111,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     with privileges_explained(app.conf.accept_content):  # root: one line, not Celery's block of text
         app.worker_main(
             [
+                # Celery's global --quiet drops only its 25-line banner, the bulk of `wsm up`'s first screen.
+                *([] if args.banner else ["--quiet"]),
                 "worker",
                 f"--queues={','.join(queues)}",
                 f"--concurrency={args.concurrency}",
