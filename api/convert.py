@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any
 
 from anneal import resolve
-from anneal.jobs import AnnealSelection, JobRecord
+from anneal.jobs import DEFAULT_OUT_FORMAT, AnnealSelection, JobRecord
 from api import redact
 from api.schemas import (
     AnnealAccepted,
@@ -203,6 +203,7 @@ def model_out(m: ModelManifest, weights_url: str) -> ModelOut:
         sources=[SourceOut(tokens=s.tokens, sha256=s.sha256, c=s.c, w=s.w) for s in m.sources],
         lr_steps=steps,
         target_curve=target,
+        format=str(m.config.get("format") or DEFAULT_OUT_FORMAT),
         files=[f.name for f in m.files],
         bytes=m.total_bytes,
         timings=m.timings,

@@ -390,6 +390,10 @@ class ModelOut(BaseModel):
     target_curve: list[LRPoint] | None = Field(
         description="The continuous decay curve over the window that the steps approximate (position-based curves)."
     )
+    format: str = Field(
+        description="Layout of the weights: safetensors, or torch_dist (Megatron-LM's DCP layout, "
+        "downloaded file by file with ?file=)."
+    )
     files: list[str] = Field(description="Data files of the model.")
     bytes: int = Field(description="Total size of its files.")
     timings: dict[str, float] = Field(description="Seconds per merge phase.")

@@ -48,6 +48,7 @@ def test_a_torch_dist_model_is_downloadable_file_by_file(
     dispatch = runner.Dispatch(evaluate=lambda r, j: None, split=lambda *a: None)
     assert runner.anneal(run_store, api_settings, "sqla+sqlite:///x", "r1", job["job_id"], dispatch) == "done"
     model_id = f"r1:{jobs.load(run_store, 'r1', job['job_id']).spec.model_name}"
+    assert client.get(f"/models/{model_id}").json()["format"] == "torch_dist"
     listed = client.get(f"/models/{model_id}/weights")
     assert listed.status_code == 400
     choices = listed.json()["choices"]
