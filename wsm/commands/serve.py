@@ -72,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
         port=port,
         workers=args.workers or settings.api_workers,
         http="api.server:HeadLimitedHttpTools",
-        log_level=settings.log_level.lower(),
+        # uvicorn logs through wsm's handler (one format on the screen), and like every third-party
+        # library only from WARNING up unless wsm's level is DEBUG: its four start-up lines repeat
+        # the "serving the API on" line above.
+        log_config=None,
+        log_level="debug" if settings.log_level.upper() == "DEBUG" else "warning",
         access_log=False,
     )
     return 0
