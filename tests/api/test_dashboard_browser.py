@@ -531,6 +531,28 @@ def test_job_without_evaluation_lists_no_evaluation_phase(server: str, page: Any
     assert phases == ["queued", "resolving", "merging", "done"]
 
 
+def test_anneal_in_megatron_layout_from_the_page(backend: tuple[str, Store, Any], page: Any) -> None:
+    """The format choice is the API's list (OpenAPI's enum of POST /anneal), and it reaches the job."""
+    from anneal import jobs
+
+    server, store, _ = backend
+    page.goto(f"{server}/#run={seed.RUN}")
+    page.wait_for_selector("#variants-table tbody tr")
+    page.click("details.more summary")
+    page.wait_for_function("document.querySelectorAll('#f-out_format option').length > 1")
+    options = page.locator("#f-out_format option").evaluate_all("os => os.map(o => o.value)")
+    assert options == ["safetensors", "torch_dist"]
+    assert page.locator("#f-out_format").input_value() == "safetensors"
+    page.select_option("#f-curve", "linear")
+    page.fill("#f-window", "40M")
+    page.select_option("#f-out_format", "torch_dist")
+    page.uncheck("#f-evaluate")
+    page.click("#f-submit")
+    page.locator("#jobs li").first.wait_for()
+    specs = [r.spec for r in jobs.list_jobs(store, seed.RUN) if r.spec.out_format == "torch_dist"]
+    assert [s.model_name.endswith("-torch_dist") for s in specs] == [True]
+
+
 def test_grid_from_the_page(server: str, page: Any) -> None:
     page.goto(f"{server}/#run={seed.RUN}")
     page.wait_for_selector("#grid-curves input")

@@ -5,7 +5,7 @@ import { formatTokens } from "./format.js";
 
 const POLL_MS = 1000;
 const MAX_POLL_MS = 10000;
-const FIELDS = ["curve", "window", "interval", "end", "floor", "alpha"];
+const FIELDS = ["curve", "window", "interval", "end", "floor", "alpha", "out_format"];
 const STAGES = {
   queued: "queued", resolving: "resolving checkpoints", merging: "merging", publishing: "publishing",
   waiting_eval: "waiting for evaluation", evaluating_anneal: "evaluating merged model",
@@ -120,7 +120,20 @@ function requestBody(form, run) {
   for (const name of ["interval", "end"]) if (value(name)) body[name] = value(name);
   if (value("floor")) body.floor = number(value("floor"));
   if (body.curve === "ema" && value("alpha")) body.alpha = number(value("alpha"));
+  if (value("out_format")) body.out_format = value("out_format");
   return body;
+}
+
+// The formats are the API's own list (the merger's output formats, as the OpenAPI schema of
+// POST /anneal enumerates them): a new format appears here by itself.
+async function loadFormats(select) {
+  try {
+    const schema = await api("openapi.json");
+    const field = schema.components.schemas.AnnealRequest.properties.out_format;
+    fillSelect(select, field.enum.map((name) => [name, name]), select.value || field.default);
+  } catch {
+    // Keep the built-in default option.
+  }
 }
 
 // The curve choices come from GET /curves (theory's registry): a new curve appears here by itself.
@@ -138,6 +151,7 @@ export function initForm(getRun, onDone) {
   const form = $("#anneal-form");
   const curve = form.elements.curve;
   loadCurves(curve);
+  loadFormats(form.elements.out_format);
   curve.addEventListener("change", () => { $("#alpha-field").hidden = curve.value !== "ema"; });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
