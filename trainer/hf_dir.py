@@ -10,8 +10,8 @@ What is accepted is what ``wsm export`` writes and what Llama-shaped tools produ
 ``LlamaForCausalLM`` config (SiLU, no biases, no RoPE scaling, head dim = hidden / heads) with
 ``model.safetensors`` or safetensors shards with their index. Anything else is refused with one
 line naming the field. Weights are read into megatron's local-spec names, the inverse of
-:func:`trainer.export.to_hf_state_dict`; every file is hashed on open (the evaluation cache key)
-and checked against that hash while it is read. The megatron model gets exactly the HF
+:func:`trainer.export.to_hf_state_dict`; every file is hashed on open (the evaluation cache key),
+and a file that changed since (inode, size or mtime) is refused when it is read. The megatron model gets exactly the HF
 vocabulary (no padded rows), so it computes what the HF model computes.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors
+from safetensors.torch import load_file
 
 from trainer.config import ModelConfig
 from wsm.store.names import OUTSIDE_MODEL_PREFIX
@@ -50,6 +50,8 @@ class WeightsFile:
     name: str
     sha256: str
     size: int
+    identity: tuple[int, int, int]
+    """``(inode, size, mtime_ns)`` when hashed: a file with another identity has changed since."""
 
 
 @dataclass(frozen=True)
@@ -183,9 +185,14 @@ def weight_files(root: Path) -> list[str]:
     raise ValueError(f"{root}: no model.safetensors and no {INDEX_FILE}")
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def _hash(root: Path, name: str) -> WeightsFile:
-    stat = (root / name).stat()
-    return WeightsFile(name, _sha256(root / name, stat.st_ino, stat.st_size, stat.st_mtime_ns), stat.st_size)
+    identity = _identity(root / name)
+    return WeightsFile(name, _sha256(root / name, *identity), identity[1], identity)
 
 
 @functools.lru_cache(maxsize=256)
@@ -200,16 +207,23 @@ def _sha256(path: Path, inode: int, size: int, mtime_ns: int) -> str:
 
 
 def load_weights(model: HFModelDir) -> dict[str, torch.Tensor]:
-    """Every tensor of the directory under megatron's local-spec names, each file checked against its hash."""
+    """Every tensor of the directory under megatron's local-spec names.
+
+    Each file must still be the one hashed when the directory was opened (same inode, size and
+    mtime, before and after it is read): the evaluation's record names that hash. Reading once into
+    memory (not into a buffer and again into tensors) keeps a large model at one copy.
+    """
     tensors: dict[str, torch.Tensor] = {}
     for entry in model.files:
-        data = (model.path / entry.name).read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise ValueError(f"{model.path / entry.name} changed while it was being evaluated; run again")
+        path = model.path / entry.name
+        if _identity(path) != entry.identity:
+            raise ValueError(f"{path} changed after it was hashed; run again")
         try:
-            tensors.update(load_safetensors(data))
+            tensors.update(load_file(str(path), device="cpu"))
         except Exception as exc:  # safetensors raises its own SafetensorError on a corrupt header
-            raise ValueError(f"{model.path / entry.name}: not a readable safetensors file ({exc})") from None
+            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+        if _identity(path) != entry.identity:
+            raise ValueError(f"{path} changed while it was being read; run again")
     return from_hf_state_dict(tensors, model.model_cfg, str(model.path))
 
 

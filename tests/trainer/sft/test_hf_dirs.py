@@ -167,3 +167,15 @@ def test_unreadable_weights_and_tokenizers_are_one_line(
     assert "differs from the tokenizer of run 'tiny'" in _refusal(tiny_run, capsys, str(other))
 
     assert "not a Hugging Face model directory (no config.json)" in _refusal(tiny_run, capsys, str(tmp_path))
+
+
+def test_weights_changed_after_hashing_are_refused(tiny_run: TinyRun, exported: Path, tmp_path: Path) -> None:
+    """The record names the hash taken when the directory was opened: a file rewritten since is not
+    read as if it were the same."""
+    copy = _copy(exported, tmp_path / "copy")
+    sm = resolve(tiny_run.store, tiny_run.run, f"hf:{copy}")
+    weights = load_file(str(copy / "model.safetensors"))
+    weights["model.norm.weight"] = weights["model.norm.weight"] + 1
+    save_file(weights, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="model.safetensors changed after it was hashed"):
+        load_weights(tiny_run.store, sm.manifest)
