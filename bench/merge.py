@@ -135,12 +135,14 @@ def drop_page_cache() -> None:
 
 
 def run_mode(
-    mode: str, paths: list[str], out: str, threads: int | None, cold: bool = False
+    mode: str, paths: list[str], out: str, threads: int | None, cold: bool = False, script: str = __file__
 ) -> dict[str, Any]:
+    """One method in its own process (``script _worker MODE OUT THREADS PATHS...``, which prints a
+    JSON line last), so its peak memory is its own; the output is removed before and after."""
     shutil.rmtree(out, ignore_errors=True)
     if cold:
         drop_page_cache()
-    cmd = [sys.executable, __file__, "_worker", mode, out, str(threads or 0), *paths]
+    cmd = [sys.executable, script, "_worker", mode, out, str(threads or 0), *paths]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     shutil.rmtree(out, ignore_errors=True)
     if res.returncode != 0:

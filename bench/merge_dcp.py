@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import merge as merge_bench  # noqa: E402
 from bench.merge import drop_page_cache  # noqa: E402
 
 HIDDEN, FFN, HEADS, VOCAB, SEQ = 2048, 5632, 16, 32000, 2048
@@ -191,16 +192,7 @@ def _worker(mode: str, paths: list[str], out: str, threads: int | None) -> dict[
 
 
 def run_mode(mode: str, paths: list[str], out: str, threads: int | None, cold: bool) -> dict[str, Any]:
-    shutil.rmtree(out, ignore_errors=True)
-    if cold:
-        drop_page_cache()
-    cmd = [sys.executable, __file__, "_worker", mode, out, str(threads or 0), *paths]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    shutil.rmtree(out, ignore_errors=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"{mode} failed:\n{res.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
-    return result
+    return merge_bench.run_mode(mode, paths, out, threads, cold, script=__file__)
 
 
 def _weighted_merge_cmd(checkout: str, python: str) -> list[str]:

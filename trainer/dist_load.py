@@ -43,8 +43,9 @@ def dcp_dir(manifest: CheckpointManifest) -> str:
 
 
 def read_weights(store: Store, manifest: CheckpointManifest | ModelManifest) -> dict[str, torch.Tensor]:
-    """The model's full tensors (canonical names, CPU) of a ``torch_dist`` checkpoint, or of a merge
-    written in that layout, read by range."""
+    """The model's full tensors (canonical names, CPU) of a ``torch_dist`` checkpoint (an external
+    run's too, where it lies, once its identity is checked), or of a merge written in that layout,
+    read by range."""
     from merger.store_io import checkpoint_ref
 
     return from_dist_names(read_layout_tensors(checkpoint_ref(store, manifest)))

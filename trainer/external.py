@@ -9,8 +9,9 @@ otherwise names, in one line, every argument that is missing or describes someth
 Arguments ``common.pt`` does not keep for every version (``rotary_base``, ``norm_epsilon``) take
 Megatron-LM's defaults when absent.
 
-Weights: a checkpoint of an external run is read from its DCP directory by byte range
-(:func:`load_dcp`, after checking its identity); an annealed model of one is the store's
+Weights: a checkpoint of an external run is read from its DCP directory by byte range, after
+its identity is checked (:func:`trainer.dist_load.read_weights`, the road of every checkpoint in
+Megatron's layout); an annealed model of one is the store's
 safetensors under Megatron's sharded names. Both hold the layers stacked on a leading dimension
 (``decoder.layers.mlp.linear_fc1.weight`` is ``[num_layers, 2 * ffn, hidden]``, gate rows then up
 rows, as wsm's canonical fc1); :func:`trainer.weights.from_dist_names` unstacks them into the model's own names.
@@ -21,15 +22,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from pydantic import ValidationError
 
-from merger.external import open_location
-from merger.formats.dtypes import DTYPES, tensor_view
-from merger.formats.sources import open_source
 from trainer.config import ModelConfig
 from trainer.units import format_tokens
-from trainer.weights import from_dist_names
 from wsm.store import ArtifactNotFoundError, CheckpointManifest, ModelManifest, RunManifest, Store
 
 REQUIRED_ARGS = (
@@ -144,23 +140,3 @@ def model_config(
         )
     where = ck.location.uri if ck.location is not None else ck.dir
     return config_from_args(args, where)
-
-
-def load_dcp(store: Store, manifest: CheckpointManifest) -> dict[str, torch.Tensor]:
-    """Every model tensor of an external checkpoint, read by byte range from its DCP directory."""
-    layout = open_location(store, manifest)
-    sources = [open_source(f.uri, layout.storage_options, f.size) for f in layout.files]
-    state: dict[str, torch.Tensor] = {}
-    try:
-        for name, entry in layout.tensors.items():
-            full = torch.empty(entry.shape, dtype=DTYPES[entry.dtype][0])
-            for c in entry.chunks:
-                piece = tensor_view(sources[c.file].read(c.byte_offset, c.nbytes), entry.dtype)
-                full[tuple(slice(o, o + n) for o, n in zip(c.offsets, c.sizes, strict=True))] = piece.view(
-                    c.sizes
-                )
-            state[name] = full
-    finally:
-        for s in sources:
-            s.close()
-    return from_dist_names(state)

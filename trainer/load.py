@@ -214,9 +214,9 @@ def load_weights(
     shards, or a Hugging Face directory), verified."""
     if isinstance(manifest, hf_dir.HFModelDir):
         return hf_dir.load_weights(manifest)
-    if isinstance(manifest, CheckpointManifest) and manifest.location is not None:
-        return external.load_dcp(store, manifest)  # an external run's checkpoint, read where it lies
-    if layout.dcp_dir_of(f.name for f in manifest.files):  # Megatron's layout: a checkpoint or a merge
+    external_checkpoint = isinstance(manifest, CheckpointManifest) and manifest.location is not None
+    if external_checkpoint or layout.dcp_dir_of(f.name for f in manifest.files):
+        # Megatron's layout: a checkpoint (an external run's is read where it lies), or such a merge.
         from trainer.dist_load import read_weights
 
         return read_weights(store, manifest)

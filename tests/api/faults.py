@@ -46,7 +46,7 @@ from anneal import jobs, runner
 from anneal.broker.enqueue import CeleryEnqueuer
 from api.app import create_app
 from tests.api.fixtures import make_run
-from tests.api.worker import ROOT, Worker, free_port, service_env
+from tests.api.worker import ROOT, Worker, free_port, service_env, wait_for
 from tests.conftest import make_settings
 from tests.faultfs import QuotaFileSystem, can_mount, quota_url, tmpfs
 from wsm.settings import Settings
@@ -209,7 +209,7 @@ class Redis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait(lambda: _connects(self.port), 15, "redis-server to listen")
+        wait_for(lambda: _connects(self.port), 15, "redis-server to listen")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -236,7 +236,7 @@ class Api:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        _wait(lambda: self.request("GET", "/healthz")[0] in (200, 503), 60, "the API to answer")
+        wait_for(lambda: self.request("GET", "/healthz")[0] in (200, 503), 60, "the API to answer")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -274,17 +274,6 @@ def _connects(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def record(counts: Counts, status: int, body: dict[str, Any], acknowledged: set[str]) -> None:
@@ -347,7 +336,7 @@ def trial_worker(tmp: Path, rng: random.Random, kills: int = 3) -> Counts:
         for _ in range(kills):
             time.sleep(rng.uniform(0.3, 4.0))
             worker = workers[-1]
-            pool = _wait(worker.children, 60, "the pool processes")  # a killed child's replacement too
+            pool = wait_for(worker.children, 60, "the pool processes")  # a killed child's replacement too
             if rng.random() < 0.75:
                 os.kill(rng.choice(pool), signal.SIGKILL)
                 counts.kills["pool child"] += 1
@@ -468,7 +457,7 @@ def trial_trainer(tmp: Path, rng: random.Random, cache: Path, kills: int = 2) ->
         try:
             # A restart removes its killed predecessor's staging at start-up, before training.
             if attempt:
-                _wait(functools.partial(_trainer_started, log, proc), 300, "the trainer to start")
+                wait_for(functools.partial(_trainer_started, log, proc), 300, "the trainer to start")
                 counts.leftovers += len(dead_leftovers(store, ckpts))
             if last:
                 if proc.wait(600) != 0:
@@ -476,7 +465,7 @@ def trial_trainer(tmp: Path, rng: random.Random, cache: Path, kills: int = 2) ->
                     counts.lost += 1
                 break
             # Kill once it has published one more checkpoint (or is inside an upload), at a random moment.
-            _wait(
+            wait_for(
                 functools.partial(_published, store, len(seen) + 1, proc),
                 300,
                 "the trainer to publish a checkpoint",
@@ -546,7 +535,7 @@ def trial_readonly(tmp: Path, rng: random.Random) -> Counts:
                 record(counts, r.status_code, r.json(), acknowledged)
             time.sleep(rng.uniform(0.0, 2.0))
             # A tmpfs refuses to turn read-only while a file is open for writing: retry between writes.
-            _wait(lambda: _try(mount.read_only), 60, "a moment without open writes")
+            wait_for(lambda: _try(mount.read_only), 60, "a moment without open writes")
             counts.kills["read-only"] += 1
             try:
                 time.sleep(settings.api_store_probe_s + 0.1)

@@ -86,6 +86,16 @@ def _broker(stack: ExitStack, tmp_path: Path, broker: str) -> str | None:
     return stack.enter_context(redis_server(tmp_path)) if broker == "redis" else None
 
 
+def _merging(client: TestClient, job_id: str, worker: Worker) -> None:
+    """Wait until the job's merge has started and made progress (a kill then lands mid-merge)."""
+    wait_for(
+        lambda: (j := _job(client, job_id))["stage"] == "merging" and j["progress"] > 0,
+        90,
+        "the merge to start",
+        worker.tail,
+    )
+
+
 @pytest.mark.parametrize("broker", BROKERS)
 @pytest.mark.parametrize("concurrency", [1, 2])
 def test_killing_idle_pool_children_never_wedges_the_worker(
@@ -125,12 +135,7 @@ def test_killing_a_busy_pool_child_the_job_completes_on_the_same_worker(tmp_path
         (child,) = worker.wait_ready()
         client = _client(settings, store)
         (job_id,) = _submit(client, "1-sqrt", window="40M")
-        wait_for(
-            lambda: (j := _job(client, job_id))["stage"] == "merging" and j["progress"] > 0,
-            90,
-            "the merge to start",
-            worker.tail,
-        )
+        _merging(client, job_id, worker)
         os.kill(child, signal.SIGKILL)
         assert store.list_models("r1") == []  # killed mid-merge: nothing visible
         (done,) = _finish(client, [job_id], worker)
@@ -150,12 +155,7 @@ def test_killing_the_main_process_the_job_completes_after_the_restart(tmp_path: 
         pool = first.wait_ready()
         client = _client(settings, store)
         (job_id,) = _submit(client, "1-sqrt", window="40M")
-        wait_for(
-            lambda: (j := _job(client, job_id))["stage"] == "merging" and j["progress"] > 0,
-            90,
-            "the merge to start",
-            first.tail,
-        )
+        _merging(client, job_id, first)
         os.kill(first.pid, signal.SIGKILL)  # the main process only
         first.proc.wait(30)
         # The pool children follow their parent (parent-death signal): nothing is left running.
